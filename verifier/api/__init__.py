@@ -1,0 +1,1 @@
+"""HTTP blueprints: pair verification (verify.py) and enrollment (subjects.py)."""
