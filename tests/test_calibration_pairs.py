@@ -1,0 +1,63 @@
+"""The comparison protocol: pair counts, sampling, forgeries, templates and restriction."""
+
+import numpy as np
+import pytest
+
+from calibration.pairs import enrollment_split, pair_comparisons, template_comparisons
+
+
+def _embeddings(labels, seed=0):
+    """Identity centres plus noise: genuine comparisons are closer than impostor ones."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(labels.max() + 1, 8)) * 3
+    return centres[labels] + rng.normal(size=(len(labels), 8)) * 0.3
+
+
+def test_all_pairs_of_ten_identities_with_ten_images():
+    labels = np.repeat(np.arange(10), 10)
+    pairs = pair_comparisons(_embeddings(labels), labels, np.zeros(100, bool), "euclidean")
+    assert len(pairs.genuine) == 450 and len(pairs.impostor) == 4500
+    assert (pairs.id_a[pairs.label == 1] == pairs.id_b[pairs.label == 1]).all()
+    assert (pairs.id_a[pairs.label == 0] != pairs.id_b[pairs.label == 0]).all()
+    assert pairs.genuine.max() < pairs.impostor.min()
+
+
+def test_impostor_sample_is_seeded_and_stated():
+    labels = np.repeat(np.arange(10), 10)
+    emb, forged = _embeddings(labels), np.zeros(100, bool)
+    first = pair_comparisons(emb, labels, forged, "cosine", max_impostors=500, seed=3)
+    again = pair_comparisons(emb, labels, forged, "cosine", max_impostors=500, seed=3)
+    assert len(first.impostor) == 500 and first.sampled_from == 4500
+    np.testing.assert_array_equal(first.distance, again.distance)
+    assert len(first.genuine) == 450  # genuine pairs are never sampled
+
+
+def test_skilled_forgeries_are_impostors_for_the_imitated_writer():
+    labels = np.array([0, 0, 0, 1, 1, 1, 0, 0])  # the last two are forgeries of writer 0
+    forged = np.array([0, 0, 0, 0, 0, 0, 1, 1], bool)
+    pairs = pair_comparisons(_embeddings(labels), labels, forged, "euclidean")
+    assert pairs.forgery.sum() == 6  # 2 forgeries x 3 genuine images of writer 0
+    assert (pairs.label[pairs.forgery] == 0).all()
+    assert len(pairs.genuine) == 6 and (pairs.label == 0).sum() == 9 + 6
+
+
+def test_template_protocol_counts_and_determinism():
+    labels = np.repeat(np.arange(10), 10)
+    emb, forged = _embeddings(labels), np.zeros(100, bool)
+    enrolled, probes = enrollment_split(labels, forged, k=3, seed=1)
+    assert all(len(v) == 3 for v in enrolled.values()) and len(probes) == 70
+    assert not set(probes) & {i for v in enrolled.values() for i in v}
+    fused = template_comparisons(emb, labels, forged, "euclidean", k=3, rule="mean", seed=1)
+    assert len(fused.genuine) == 70 and len(fused.impostor) == 630
+    again = template_comparisons(emb, labels, forged, "euclidean", k=3, rule="mean", seed=1)
+    np.testing.assert_array_equal(fused.distance, again.distance)
+    with pytest.raises(ValueError, match="cannot enroll"):
+        template_comparisons(emb, labels, forged, "euclidean", k=10, rule="mean")
+
+
+def test_restrict_keeps_comparisons_within_identities():
+    labels = np.repeat(np.arange(6), 4)
+    pairs = pair_comparisons(_embeddings(labels), labels, np.zeros(24, bool), "euclidean")
+    dev = pairs.restrict([0, 1, 2])
+    assert set(dev.id_a) | set(dev.id_b) <= {0, 1, 2}
+    assert len(dev.genuine) == 18 and len(dev.impostor) == 3 * 16
