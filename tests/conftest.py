@@ -52,7 +52,7 @@ def calibrated_bundle(tmp_path_factory, tiny_bundle):
     distances = np.linspace(0.0, 2.0, 41)
     write_calibration(path, {
         "policy": "eer", "threshold": 0.5, "metric": "euclidean",
-        "confidence": {"method": "logistic", "a": -10.0, "b": 5.0, "prior": 0.5, "train_prior": 0.5},
+        "confidence": {"kind": "logistic", "a": -10.0, "b": 5.0, "prior": 0.5, "train_prior": 0.5},
         "operating_points": {"distance": distances.tolist(),
                              "fmr": np.clip(distances / 2.0, 0, 1).tolist(),
                              "fnmr": np.clip(1 - distances, 0, 1).tolist()},

@@ -68,7 +68,7 @@ def test_incompatible_version_and_shape(bundle_copy):
 
 
 def test_calibration_round_trip_and_staleness(bundle_copy):
-    calibration = {"policy": "eer", "threshold": 0.7, "confidence": {"method": "logistic"}}
+    calibration = {"policy": "eer", "threshold": 0.7, "confidence": {"kind": "logistic"}}
     calibration_id = write_calibration(bundle_copy, calibration)
     stored = read_calibration(bundle_copy)
     assert stored["calibration_id"] == calibration_id

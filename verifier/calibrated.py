@@ -4,9 +4,9 @@
 the verifier only evaluates them here, with numpy, so serving needs no scikit-learn.
 
 calibration.json's "confidence" is one of
-    {"method": "logistic", "a": float, "b": float, "prior": p, "train_prior": q}
+    {"kind": "logistic", "a": float, "b": float, "prior": p, "train_prior": q}
         P(same | d) = sigmoid(a*d + b + logit(p) - logit(q))
-    {"method": "isotonic", "x": [distances ascending], "y": [P(same) at train_prior],
+    {"kind": "isotonic", "x": [distances ascending], "y": [P(same) at train_prior],
      "prior": p, "train_prior": q}
         piecewise-linear in d, then moved from prior q to prior p in log-odds.
 "operating_points" is {"distance": [...ascending], "fmr": [...], "fnmr": [...]},
@@ -31,12 +31,12 @@ def probability_same(distances, confidence):
     """Calibrated probability that each pair is genuine, under the map's stated prior."""
     d = np.asarray(distances, dtype=np.float64)
     shift = _logit(confidence["prior"]) - _logit(confidence["train_prior"])
-    if confidence["method"] == "logistic":
+    if confidence["kind"] == "logistic":
         return _sigmoid(confidence["a"] * d + confidence["b"] + shift)
-    if confidence["method"] == "isotonic":
+    if confidence["kind"] == "isotonic":
         raw = np.interp(d, confidence["x"], confidence["y"])
         return np.clip(_sigmoid(_logit(raw) + shift), _EPS, 1 - _EPS)
-    raise ValueError(f"unknown confidence method {confidence['method']!r}")
+    raise ValueError(f"unknown confidence kind {confidence['kind']!r}")
 
 
 def threshold_at_fmr(operating_points, target):
