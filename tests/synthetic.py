@@ -42,3 +42,33 @@ def png_bytes(image):
     ok, buf = cv2.imencode(".png", image)
     assert ok
     return buf.tobytes()
+
+
+def _stroke(points, jitter, rng, size):
+    """Draw a smooth pen stroke through `points` (perturbed by `jitter`) as dark ink on paper."""
+    height, width = size
+    canvas = np.full((height, width), 235, np.uint8)
+    moved = points + rng.normal(0, jitter, points.shape)
+    t = np.linspace(0, 1, 200)
+    curve = np.stack([np.interp(t, np.linspace(0, 1, len(moved)), moved[:, k]) for k in (0, 1)], axis=1)
+    pixels = np.round(curve * [width * 0.8, height * 0.6] + [width * 0.1, height * 0.2]).astype(np.int32)
+    cv2.polylines(canvas, [pixels.reshape(-1, 1, 2)], False, 25, thickness=2, lineType=cv2.LINE_AA)
+    return canvas
+
+
+def write_signature_folder(root, writers=4, genuine=5, forged=3, size=(120, 300), seed=0):
+    """SYNTHETIC signatures in ROOT/<writer>/genuine|forged/: not real handwriting.
+
+    Each writer is a random pen path; genuine samples redraw it with small jitter, skilled
+    forgeries with larger jitter, so forgeries are harder impostors than other writers.
+    """
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for w in range(writers):
+        path = np.column_stack([np.linspace(0, 1, 9), rng.random(9)])
+        for kind, count, jitter in (("genuine", genuine, 0.01), ("forged", forged, 0.05)):
+            folder = root / f"writer{w:02d}" / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                cv2.imwrite(str(folder / f"{i}.png"), _stroke(path, jitter, rng, size))
+    return root
