@@ -42,6 +42,7 @@ def _write_json_atomic(path, data):
     """Write JSON next to its target and rename, so a reader never sees half a file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the bundle from a service running as another user
     with os.fdopen(fd, "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.write("\n")

@@ -1,0 +1,31 @@
+# The verification service: gunicorn serving `python -m verifier serve` on port 8000.
+#   docker build -t verifier . && docker run -p 8000:8000 verifier
+# The image serves the bundle in bundles/default (present in the build context).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TF_CPP_MIN_LOG_LEVEL=2
+
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install -r requirements.txt
+
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin verifier \
+    && mkdir /data && chown verifier:verifier /data
+# The enrollment store: SQLite on a volume by default; set DATABASE_URL=postgresql://... to share one.
+ENV DATABASE_URL=sqlite:////data/verifier.db
+VOLUME /data
+COPY --chown=verifier:verifier . .
+USER verifier
+
+# Export the TFLite fast path now (checked against model.keras), so workers never convert at start.
+RUN if [ -f bundles/default/bundle.json ]; then python -m verifier export --bundle bundles/default; fi
+
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)" || exit 1
+
+CMD ["python", "-m", "verifier", "serve", "--bundle", "/app/bundles/default", "--port", "8000", "--host", "0.0.0.0"]

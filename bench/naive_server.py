@@ -1,0 +1,56 @@
+"""The naive baseline for bench/serve.py: Flask's own server, `model.predict` on every request.
+
+The same bundle, decoding and preprocessing as the real service; only the model call
+differs (Keras `predict` rebuilds its machinery per call). Not for production use.
+
+    python bench/naive_server.py --bundle DIR --port N
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flask import Flask, jsonify, request  # noqa: E402
+
+from verifier.bundle import load_bundle  # noqa: E402
+from verifier.calibrated import probability_same  # noqa: E402
+from verifier.distances import pair_distances  # noqa: E402
+from verifier.images import decode_image  # noqa: E402
+from verifier.profiles import preprocess_batch  # noqa: E402
+
+
+def create_naive_app(bundle_dir):
+    bundle = load_bundle(bundle_dir)
+    app = Flask(__name__)
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify({"status": "ok"})
+
+    @app.post("/v1/verify")
+    def verify():
+        images = [decode_image(request.files[name].read()) for name in ("image_a", "image_b")]
+        embeddings = bundle.model.predict(preprocess_batch(images, bundle.profile), verbose=0)
+        distance = float(pair_distances(embeddings[:1], embeddings[1:], bundle.metric)[0])
+        calibration = bundle.calibration
+        return jsonify({"distance": distance,
+                        "decision": "same" if distance <= calibration["threshold"] else "different",
+                        "confidence": float(probability_same([distance], calibration["confidence"])[0])})
+
+    return app
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    create_naive_app(args.bundle).run(host="127.0.0.1", port=args.port, threaded=True)
+
+
+if __name__ == "__main__":
+    main()

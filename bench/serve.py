@@ -1,0 +1,270 @@
+"""Serving benchmark: the real service (gunicorn, fast path) against a naive `model.predict` server.
+
+    python bench/serve.py [--bundle bundles/default] [--requests 600] [--naive-requests 60]
+
+Starts, on loopback and in this run, `python -m verifier serve` and bench/naive_server.py
+on the same bundle; sends a bounded number of POST /v1/verify requests (two images each)
+at 1, 2 and 4 concurrent keep-alive clients; prints p50/p99 latency and verifications/s
+for both, the speed-up, and the RSS of every gunicorn worker; ends with one JSON line.
+The client runs on the same machine, so it takes part of the CPU the servers could use.
+Both servers are stopped at the end, whatever happens.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from verifier.bundle import read_meta  # noqa: E402
+from verifier.errors import VerifierError  # noqa: E402
+from verifier.profiles import Profile  # noqa: E402
+
+GOALS = {"verifications_per_s": 300, "p50_ms_one_client": 5.0, "worker_rss_mb": 400}
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def payload_images(profile):
+    """Two PNG images: ORL faces of two people for the face profile, else seeded blobs at 2x size."""
+    import cv2
+
+    if profile.name == "face":
+        try:
+            from verifier.datasets import load_orl
+
+            data = load_orl()
+            first = data.images[0]
+            second = next(data.images[i] for i in range(len(data)) if data.labels[i] != data.labels[0])
+            return [cv2.imencode(".png", image)[1].tobytes() for image in (first, second)]
+        except Exception as exc:  # the benchmark still runs on synthetic images
+            print(f"(ORL faces unavailable: {exc}; using synthetic images)")
+    rng = np.random.default_rng(0)
+    shape = (profile.height * 2, profile.width * 2)
+    images = [cv2.GaussianBlur((rng.random(shape) * 255).astype(np.uint8), (0, 0), 2) for _ in range(2)]
+    return [cv2.imencode(".png", image)[1].tobytes() for image in images]
+
+
+def multipart(images):
+    boundary = uuid.uuid4().hex
+    body = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n"
+        for name, data in zip(("image_a", "image_b"), images)) + f"--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def start(argv, log_path):
+    with open(log_path, "w") as log:
+        return subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+
+
+def stop(process):
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def wait_until(port, path, process, log_path, timeout=180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"server exited with {process.returncode}; log:\n{Path(log_path).read_text()[-3000:]}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    sys.exit(f"server on port {port} not ready after {timeout}s; log:\n{Path(log_path).read_text()[-3000:]}")
+
+
+def cpu_seconds(pids):
+    """User + system CPU time used so far by these processes."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except OSError:
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def load(port, body, headers, total, clients, server_pids=()):
+    """`total` requests split over `clients` threads, each on its own keep-alive connection.
+
+    Besides latency and throughput, reports the CPU milliseconds per verification spent by the
+    server processes and by this client: figures that other load on the machine does not inflate
+    much, from which the throughput of an otherwise idle machine can be estimated.
+    """
+    latencies, errors = [], []
+    lock = threading.Lock()
+
+    def client(count):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        mine = []
+        for _ in range(count):
+            t0 = time.perf_counter()
+            conn.request("POST", "/v1/verify", body, headers)
+            response = conn.getresponse()
+            response.read()
+            mine.append(time.perf_counter() - t0)
+            if response.status != 200:
+                errors.append(response.status)
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(total // clients + (i < total % clients),))
+               for i in range(clients)]
+    server_cpu, client_cpu = cpu_seconds(server_pids), time.process_time()
+    start_time = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start_time
+    server_cpu, client_cpu = cpu_seconds(server_pids) - server_cpu, time.process_time() - client_cpu
+    ms = np.asarray(latencies) * 1000.0
+    return {"clients": clients, "requests": total, "errors": len(errors),
+            "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "verifications_per_s": round(total / wall, 1),
+            "server_cpu_ms_per_verification": round(server_cpu * 1000 / total, 2),
+            "client_cpu_ms_per_verification": round(client_cpu * 1000 / total, 2)}
+
+
+def rss_mb(pid):
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def children(pid):
+    """Direct children of a process (the gunicorn workers of a master)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return sorted(out)
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Benchmark the verifier service against a naive server.")
+    parser.add_argument("--bundle", default="bundles/default")
+    parser.add_argument("--requests", type=int, default=600, help="requests per concurrency level (service)")
+    parser.add_argument("--naive-requests", type=int, default=60, help="requests per concurrency level (naive)")
+    parser.add_argument("--clients", default="1,2,4", help="concurrency levels")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--log-dir", default=None, help="where the servers' logs go (default: a temp dir)")
+    args = parser.parse_args()
+
+    bundle = Path(args.bundle).resolve()
+    try:
+        meta = read_meta(bundle)
+    except VerifierError as exc:
+        sys.exit(f"error: {exc.message}")
+    levels = [int(c) for c in args.clients.split(",")]
+    body, headers = multipart(payload_images(Profile.from_dict(meta["profile"])))
+    log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="bench-serve-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    service = naive = None
+    results = {"bundle": meta["bundle_id"], "service": [], "naive": []}
+    try:
+        port = free_port()
+        service = start([sys.executable, "-m", "verifier", "serve", "--bundle", str(bundle), "--port", str(port),
+                         "--workers", str(args.workers), "--threads", str(args.threads)], log_dir / "service.log")
+        wait_until(port, "/readyz", service, log_dir / "service.log")
+        naive_port = free_port()
+        naive = start([sys.executable, str(ROOT / "bench" / "naive_server.py"), "--bundle", str(bundle),
+                       "--port", str(naive_port)], log_dir / "naive.log")
+        wait_until(naive_port, "/healthz", naive, log_dir / "naive.log")
+
+        load(port, body, headers, 50, 2)  # warm-up, not counted
+        load(naive_port, body, headers, 4, 1)
+        results["load_average_before"] = [round(x, 2) for x in os.getloadavg()]
+        print(f"bundle {meta['bundle_id']} ({meta['profile']['name']}), {args.workers} workers x {args.threads} "
+              f"threads, {os.cpu_count()} CPUs, client on the same machine, load average "
+              f"{results['load_average_before'][0]} before (other work competes for the CPUs)")
+        print(f"{'server':8} {'clients':>7} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'verif/s':>8} "
+              f"{'errors':>6} {'server CPU ms/verif':>19} {'client CPU ms/verif':>19}")
+        workers = children(service.pid)
+        servers = (("service", port, args.requests, workers), ("naive", naive_port, args.naive_requests, [naive.pid]))
+        for name, target, total, pids in servers:
+            for clients in levels:
+                row = load(target, body, headers, total, clients, pids)
+                results[name].append(row)
+                print(f"{name:8} {clients:>7} {total:>8} {row['p50_ms']:>8} {row['p99_ms']:>8} "
+                      f"{row['verifications_per_s']:>8} {row['errors']:>6} "
+                      f"{row['server_cpu_ms_per_verification']:>19} {row['client_cpu_ms_per_verification']:>19}")
+
+        results["worker_rss_mb"] = [rss_mb(pid) for pid in workers]
+        results["naive_rss_mb"] = rss_mb(naive.pid)
+        best = max(row["verifications_per_s"] for row in results["service"])
+        best_naive = max(row["verifications_per_s"] for row in results["naive"])
+        one = next(row for row in results["service"] if row["clients"] == levels[0])
+        one_naive = next(row for row in results["naive"] if row["clients"] == levels[0])
+        results["speedup_throughput"] = round(best / best_naive, 1)
+        results["speedup_p50_one_client"] = round(one_naive["p50_ms"] / one["p50_ms"], 1)
+        cpu = results["service"][-1]
+        results["idle_machine_estimate_per_s"] = round(
+            1000 * os.cpu_count() / (cpu["server_cpu_ms_per_verification"] + cpu["client_cpu_ms_per_verification"]))
+        results["goals"] = {
+            "verifications_per_s": {"goal": GOALS["verifications_per_s"], "got": best,
+                                    "met": best >= GOALS["verifications_per_s"]},
+            "p50_ms_one_client": {"goal": GOALS["p50_ms_one_client"], "got": one["p50_ms"],
+                                  "met": one["p50_ms"] <= GOALS["p50_ms_one_client"]},
+            "worker_rss_mb": {"goal": GOALS["worker_rss_mb"], "got": max(results["worker_rss_mb"]),
+                              "met": max(results["worker_rss_mb"]) <= GOALS["worker_rss_mb"]},
+        }
+        print(f"speed-up over model.predict per request: {results['speedup_throughput']}x throughput, "
+              f"{results['speedup_p50_one_client']}x p50 at {levels[0]} client(s)")
+        print(f"CPU per verification at {cpu['clients']} clients: server {cpu['server_cpu_ms_per_verification']} ms + "
+              f"client {cpu['client_cpu_ms_per_verification']} ms -> about {results['idle_machine_estimate_per_s']} "
+              f"verifications/s if this machine's {os.cpu_count()} CPUs did nothing else")
+        print(f"gunicorn worker RSS (MB): {results['worker_rss_mb']}; naive server RSS {results['naive_rss_mb']} MB")
+        for goal, check in results["goals"].items():
+            print(f"goal {goal}: {check['got']} vs {check['goal']} -> {'met' if check['met'] else 'NOT met'}")
+    finally:
+        stop(service)
+        stop(naive)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

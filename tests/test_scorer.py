@@ -1,0 +1,194 @@
+"""The pair scorer: fast path agrees with model.keras, falls back safely, decides from calibration."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.synthetic import identity_images
+from verifier import fastpath
+from verifier.bundle import load_bundle
+from verifier.errors import VerifierError
+from verifier.profiles import preprocess_batch
+from verifier.scorer import Scorer
+
+
+@pytest.fixture(scope="module")
+def faces():
+    """Two synthetic identities, four images each (uint8 HxW)."""
+    return identity_images(n_identities=2, per_identity=4)
+
+
+@pytest.fixture(scope="module")
+def keras_reference(calibrated_bundle, faces):
+    """model.keras's own embeddings of the synthetic faces, and those images."""
+    bundle = load_bundle(calibrated_bundle)
+    images = faces["id00"] + faces["id01"]
+    batch = preprocess_batch(images, bundle.profile)
+    return images, np.asarray(bundle.model(batch, training=False))
+
+
+@pytest.fixture
+def bundle_copy(tmp_path, calibrated_bundle):
+    path = tmp_path / "bundle"
+    shutil.copytree(calibrated_bundle, path)
+    return path
+
+
+def test_tflite_fast_path_agrees_with_model_keras(calibrated_bundle, keras_reference):
+    images, reference = keras_reference
+    scorer = Scorer.from_bundle(calibrated_bundle)
+    assert scorer.backend.startswith("tflite")
+    assert scorer.agreement <= fastpath.TOLERANCE
+    embeddings = scorer.embed(images)
+    assert embeddings.dtype == np.float32 and embeddings.shape == reference.shape
+    assert np.abs(embeddings - reference).max() < 1e-4
+    assert (calibrated_bundle / fastpath.TFLITE_FILE).exists()
+
+
+def test_tf_function_backend_agrees_with_model_keras(calibrated_bundle, keras_reference):
+    images, reference = keras_reference
+    scorer = Scorer.from_bundle(calibrated_bundle, backend="tf.function")
+    assert scorer.backend == "tf.function" and scorer.agreement is None
+    assert np.abs(scorer.embed(images) - reference).max() < 1e-5
+
+
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
+def test_tensorflow_interpreter_runs_the_export_too(calibrated_bundle, keras_reference):
+    """Without LiteRT installed the same file runs on tf.lite.Interpreter."""
+    import tensorflow as tf
+
+    images, reference = keras_reference
+    bundle = load_bundle(calibrated_bundle, with_model=False)
+    data, _ = fastpath.read_export(bundle) or fastpath.build_export(load_bundle(calibrated_bundle))
+    embedder = fastpath.TFLiteEmbedder(data, interpreter=tf.lite.Interpreter)
+    assert np.abs(embedder.embed_batch(preprocess_batch(images, bundle.profile)) - reference).max() < 1e-4
+
+
+def test_batches_larger_than_a_chunk_and_changing_sizes(calibrated_bundle, keras_reference):
+    images, reference = keras_reference
+    scorer = Scorer.from_bundle(calibrated_bundle)
+    scorer.embedder.batch_size = 3  # 8 images -> chunks of 3, 3, 2
+    assert np.abs(scorer.embed(images) - reference).max() < 1e-4
+    assert np.abs(scorer.embed(images[:1]) - reference[:1]).max() < 1e-4
+    assert scorer.embed([]).shape == (0, reference.shape[1])
+
+
+def test_stale_export_is_rebuilt(bundle_copy):
+    Scorer.from_bundle(bundle_copy)
+    record_path = bundle_copy / fastpath.RECORD_FILE
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps(dict(record, model_sha256="0" * 64)))
+    scorer = Scorer.from_bundle(bundle_copy)
+    assert scorer.backend.startswith("tflite")
+    assert json.loads(record_path.read_text())["model_sha256"] == record["model_sha256"]
+
+
+def test_disagreeing_export_falls_back_to_tf_function(bundle_copy, caplog):
+    Scorer.from_bundle(bundle_copy)
+    record_path = bundle_copy / fastpath.RECORD_FILE
+    record = json.loads(record_path.read_text())
+    record["reference"] = (np.asarray(record["reference"]) + 0.01).tolist()
+    record_path.write_text(json.dumps(record))
+    scorer = Scorer.from_bundle(bundle_copy)
+    assert scorer.backend == "tf.function"
+    assert "disagrees with model.keras" in caplog.text
+    with pytest.raises(VerifierError, match="disagrees"):
+        Scorer.from_bundle(bundle_copy, backend="tflite")
+
+
+def test_read_only_bundle_keeps_the_export_in_memory(bundle_copy):
+    for name in (fastpath.TFLITE_FILE, fastpath.RECORD_FILE):
+        (bundle_copy / name).unlink(missing_ok=True)
+    scorer = Scorer.from_bundle(bundle_copy, write_export=False)
+    assert scorer.backend.startswith("tflite")
+    assert not (bundle_copy / fastpath.TFLITE_FILE).exists()
+
+
+@pytest.fixture(scope="module")
+def scorer(calibrated_bundle):
+    return Scorer.from_bundle(calibrated_bundle)
+
+
+def test_identity_fields(scorer, calibrated_bundle):
+    calibration = json.loads((calibrated_bundle / "calibration.json").read_text())
+    assert scorer.calibration_id == calibration["calibration_id"]
+    assert scorer.bundle_id == calibration["bundle_id"]
+    assert scorer.profile.name == "face" and scorer.metric == "euclidean"
+
+
+def test_decide_uses_the_calibrated_threshold(scorer):
+    below, at, above = scorer.decide([0.1, 0.5, 0.9])
+    assert [below["decision"], at["decision"], above["decision"]] == ["same", "same", "different"]
+    assert all(d["threshold"] == 0.5 and d["policy"] == "eer" for d in (below, at, above))
+    assert below["confidence"] > 0.9 > 0.1 > above["confidence"]  # a=-10, b=5: sigmoid(5 - 10 d)
+    assert at["confidence"] == pytest.approx(0.5)
+
+
+def test_decide_per_request_threshold_and_target_fmr(scorer):
+    (d,) = scorer.decide([0.3], threshold=0.25)
+    assert d["decision"] == "different" and d["threshold"] == 0.25
+    assert d["policy"] == "request:threshold=0.25"
+    (d,) = scorer.decide([0.3], threshold="0.35")  # form fields arrive as text
+    assert d["decision"] == "same"
+    (d,) = scorer.decide([0.3], target_fmr=0.1)  # fixture curve: fmr = distance / 2
+    assert d["threshold"] == pytest.approx(0.2) and d["decision"] == "different"
+    assert d["policy"] == "request:target_fmr=0.1"
+
+
+@pytest.mark.parametrize("options, status, code", [
+    ({"target_fmr": 0.01}, 422, "unsupported_target_fmr"),  # finer than 3/N impostors
+    ({"target_fmr": 1.5}, 422, "unsupported_target_fmr"),
+    ({"threshold": -1}, 422, "invalid_threshold"),
+    ({"threshold": "abc"}, 400, "invalid_option"),
+    ({"threshold": float("nan")}, 400, "invalid_option"),
+    ({"threshold": True}, 400, "invalid_option"),
+    ({"threshold": 0.5, "target_fmr": 0.1}, 422, "conflicting_options"),
+])
+def test_bad_overrides_are_clear_errors(scorer, options, status, code):
+    with pytest.raises(VerifierError) as info:
+        scorer.decide([0.3], **options)
+    assert (info.value.status, info.value.code) == (status, code)
+
+
+def test_section_is_used_for_fused_scores(scorer):
+    fusion = dict(scorer.calibration, policy="fmr=0.1", threshold=1.0)
+    (d,) = scorer.decide([0.8], section=fusion)
+    assert d["decision"] == "same" and d["policy"] == "fmr=0.1"
+
+
+def test_uncalibrated_bundle_embeds_but_does_not_decide(tiny_bundle):
+    scorer = Scorer.from_bundle(tiny_bundle)
+    assert scorer.calibration is None and scorer.calibration_id is None
+    with pytest.raises(VerifierError) as info:
+        scorer.decide([0.1])
+    assert info.value.status == 503 and info.value.code == "not_calibrated"
+    assert "not calibrated" in info.value.message
+
+
+@pytest.mark.slow
+def test_default_bundle_tells_held_out_orl_identities_apart():
+    """On the real ORL bundle: images of two different held-out people are usually `different`."""
+    from pathlib import Path
+
+    from verifier.datasets import load_orl
+
+    path = Path(__file__).resolve().parents[1] / "bundles" / "default"
+    if not (path / "calibration.json").exists():
+        pytest.skip("no calibrated bundles/default")
+    scorer = Scorer.from_bundle(path)
+    held_out = scorer.bundle.meta["recipe"].get("holdout_identities") or []
+    data = load_orl()
+    if scorer.profile.name != "face" or len(held_out) < 2:
+        pytest.skip("bundles/default is not an ORL face bundle with held-out identities")
+    data = data.subset(held_out)
+    firsts = [next(i for i in range(len(data)) if data.labels[i] == k) for k in range(len(data.identities))]
+    seconds = [next(i for i in range(len(data)) if data.labels[i] == k and i != firsts[k])
+               for k in range(len(data.identities))]
+    impostor_a = [data.images[i] for i in firsts[:-1]]
+    impostor_b = [data.images[i] for i in firsts[1:]]
+    decisions, _ = scorer.verify(impostor_a, impostor_b)
+    assert np.mean([d["decision"] == "different" for d in decisions]) >= 0.8
+    genuine, _ = scorer.verify([data.images[i] for i in firsts], [data.images[i] for i in seconds])
+    assert np.mean([d["decision"] == "same" for d in genuine]) >= 0.5
