@@ -28,7 +28,8 @@ preload_app = False
 accesslog = os.environ.get("VERIFIER_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("VERIFIER_LOG_LEVEL", "info")
-raw_env = ["TF_CPP_MIN_LOG_LEVEL=2"]
+# One BLAS thread a worker: workers and threads already use the cores; nested BLAS threads thrash.
+raw_env = ["TF_CPP_MIN_LOG_LEVEL=2", "OMP_NUM_THREADS=1", "OPENBLAS_NUM_THREADS=1"]
 control_socket_disable = True  # gunicorn 27's control socket has one fixed path per user: two services would clash
 
 
