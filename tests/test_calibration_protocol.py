@@ -1,0 +1,98 @@
+"""Identity rules, dev/eval splits and the score-level fit behind `python -m calibration`."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from calibration.fit import calibrate, check_support
+from calibration.pairs import Comparisons
+from calibration.policies import parse_policy
+from calibration.protocol import (CalibrationError, held_out_identities, images_per_identity_cap, sample_rows,
+                                  split_dev_eval)
+from calibration.report import dumps
+
+
+def _data(names, fingerprint="abc"):
+    return SimpleNamespace(name="data", identities=list(names), fingerprint=fingerprint)
+
+
+def _recipe(train=(), validation=(), holdout=(), fingerprint="abc"):
+    return {"dataset": {"fingerprint": fingerprint}, "train_identities": list(train),
+            "validation_identities": list(validation), "holdout_identities": list(holdout)}
+
+
+def test_training_data_gives_its_holdout_and_other_data_must_not_overlap():
+    names = [f"s{k}" for k in range(6)]
+    held, why = held_out_identities(_recipe(names[:3], names[3:4], names[4:]), _data(names))
+    assert held == ["s4", "s5"] and "held out" in why
+    assert held_out_identities(_recipe(["x"]), _data(names, "other"))[0] == names
+    with pytest.raises(CalibrationError, match="validate this bundle: s3"):
+        held_out_identities(_recipe(["x"], ["s3"]), _data(names, "other"))
+    with pytest.raises(CalibrationError, match="folder of other identities"):
+        held_out_identities(_recipe(names), _data(names))
+    with pytest.raises(CalibrationError, match="does not list"):
+        held_out_identities({}, _data(names))
+
+
+def test_split_is_seeded_disjoint_and_needs_two_identities_each():
+    names = [f"id{k}" for k in range(10)]
+    dev, evaluation = split_dev_eval(names, 0.5, seed=0)
+    assert len(dev) == len(evaluation) == 5 and sorted(dev + evaluation) == names
+    assert (dev, evaluation) == split_dev_eval(names, 0.5, seed=0)
+    assert (dev, evaluation) != split_dev_eval(names, 0.5, seed=1)
+    assert split_dev_eval(names[:4], 0.1, seed=0)[1].__len__() == 2  # at least 2 for eval
+    assert split_dev_eval(names[:3], 0.0, seed=0) == (names[:3], [])
+    with pytest.raises(CalibrationError, match="--eval-fraction 0"):
+        split_dev_eval(names[:3], 0.5, seed=0)
+    with pytest.raises(CalibrationError, match="only 1 identity"):
+        split_dev_eval(names[:1], 0.0, seed=0)
+
+
+def test_image_cap_is_stated_and_seeded():
+    assert images_per_identity_cap([10] * 10, None) == (None, "all images")
+    cap, note = images_per_identity_cap([7000] * 10, None)
+    assert cap == 31 and "chosen automatically" in note
+    labels = np.repeat(np.arange(3), 50)
+    forged = np.zeros(150, bool)
+    rows = sample_rows(labels, forged, 10, seed=0)
+    assert np.bincount(labels[rows]).tolist() == [10, 10, 10]
+    np.testing.assert_array_equal(rows, sample_rows(labels, forged, 10, seed=0))
+
+
+def _comparisons(genuine, impostor, n_ids=6, seed=0):
+    rng = np.random.default_rng(seed)
+    d = np.concatenate([genuine, impostor])
+    label = np.concatenate([np.ones(len(genuine), np.int8), np.zeros(len(impostor), np.int8)])
+    a = rng.integers(0, n_ids, d.size)
+    b = np.where(label == 1, a, (a + 1 + rng.integers(0, n_ids - 1, d.size)) % n_ids)
+    return Comparisons(d, label, a, b, np.zeros(d.size, bool), int(len(impostor)))
+
+
+def test_calibrate_on_gaussians_hits_the_dev_target_and_reports_eval():
+    rng = np.random.default_rng(0)
+    dev = _comparisons(rng.normal(0, 1, 2000), rng.normal(2, 1, 4000))
+    evaluation = _comparisons(rng.normal(0, 1, 2000), rng.normal(2, 1, 4000), seed=1)
+    section = calibrate(dev, evaluation, parse_policy("fmr=0.01"), n_bootstrap=50)
+    assert section["metrics"]["dev"]["fmr"]["value"] <= 0.01
+    assert abs(section["metrics"]["eval"]["fmr"]["value"] - 0.01) < 0.01  # the 1% quantile of 4000 draws varies
+    assert abs(section["metrics"]["eval"]["eer"]["value"] - 0.1587) < 0.02  # Phi(-1)
+    assert section["metrics"]["eval"]["confidence"]["ece"] < 0.03
+    json.loads(dumps(section))  # strict JSON: no inf, no NaN
+
+
+def test_rule_of_three_beside_a_zero_error_rate():
+    dev = _comparisons(np.linspace(0, 1, 50), np.linspace(2, 3, 400))
+    metrics = calibrate(dev, None, parse_policy("eer"), n_bootstrap=20)["metrics"]["dev"]
+    assert metrics["fmr"]["errors"] == 0 and metrics["fmr"]["rule_of_three"] == pytest.approx(3 / 400)
+
+
+def test_refusals_say_what_is_needed():
+    with pytest.raises(CalibrationError, match="needs at least 3000 impostor comparisons; have 1000"):
+        check_support(parse_policy("fmr=0.001"), 100, 1000)
+    with pytest.raises(CalibrationError, match="needs at least 300 genuine"):
+        check_support(parse_policy("fnmr=0.01"), 100, 10**6)
+    ties = _comparisons(np.full(50, 0.5), np.zeros(400))  # every impostor at distance 0
+    with pytest.raises(CalibrationError, match="accepts nothing"):
+        calibrate(ties, None, parse_policy("fmr=0.01"), n_bootstrap=0)
