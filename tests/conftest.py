@@ -11,6 +11,8 @@ from tests.synthetic import write_folder
 from verifier.bundle import save_bundle, write_calibration
 from verifier.profiles import get_profile
 
+pytest_plugins = ["tests.subject_fixtures"]  # store, scorer and fusion-calibrated bundle fixtures
+
 
 @pytest.fixture
 def image_folder(tmp_path):

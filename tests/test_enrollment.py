@@ -6,7 +6,6 @@ import dataclasses
 import numpy as np
 import pytest
 
-from tests.subject_fixtures import database_url, faces, fusion_bundle, scorer, store  # noqa: F401
 from tests.synthetic import png_bytes
 from verifier.enrollment import EnrollmentService, FailureToEnrol, NotCalibrated
 from verifier.errors import VerifierError

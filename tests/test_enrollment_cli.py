@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.subject_fixtures import faces, fusion_bundle, scorer  # noqa: F401
 from verifier.cli import main
 from verifier.scorer import Scorer
 from verifier.store import open_store

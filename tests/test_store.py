@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.subject_fixtures import database_url, store  # noqa: F401  (fixtures)
 from verifier.errors import VerifierError
 from verifier.store import Conflict, NotFound, StoreUnavailable, open_store, schema
 

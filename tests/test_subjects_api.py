@@ -6,7 +6,6 @@ import io
 import numpy as np
 import pytest
 
-from tests.subject_fixtures import database_url, faces, fusion_bundle, scorer  # noqa: F401
 from tests.synthetic import png_bytes
 from verifier.app import create_app, scorer_holder
 from verifier.keys import create_key

@@ -4,18 +4,12 @@ Concurrent enrollments through both workers must all land, and a change made thr
 worker (a deletion, a new API key) must be seen by the other at once.
 """
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.subject_fixtures import fusion_bundle  # noqa: F401
 from tests.synthetic import identity_images, png_bytes
-from tests.test_service_api import Client, free_port
+from tests.live_service import running_service
 from verifier.keys import create_key
 from verifier.store import open_store
 
@@ -25,37 +19,8 @@ def served(fusion_bundle, tmp_path_factory):
     """(client, database URL) of `python -m verifier serve` on a fresh SQLite store; killed at the end."""
     work = tmp_path_factory.mktemp("subjects-service")
     url = f"sqlite:///{work / 'store.db'}"
-    port = free_port()
-    env = dict(os.environ, DATABASE_URL=url, TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("VERIFIER_METRICS_DIR", None)
-    log_path = work / "gunicorn.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "verifier", "serve", "--bundle", str(fusion_bundle), "--port", str(port),
-             "--workers", "2", "--threads", "2"], env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-    client = Client(port)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the service exited with {process.returncode}:\n{log_path.read_text()}")
-            try:
-                if client.request("GET", "/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the service did not become ready:\n{log_path.read_text()}")
-            time.sleep(0.2)
+    with running_service(fusion_bundle, work / "gunicorn.log", env={"DATABASE_URL": url}) as client:
         yield client, url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def test_concurrent_enrollment_identify_delete_and_keys(served):
