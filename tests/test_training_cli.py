@@ -1,0 +1,151 @@
+"""`python -m training` end to end on small synthetic images, resume, and its error paths."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.synthetic import write_folder
+from training.cli import main
+from training.evaluation import all_pairs
+from verifier.bundle import load_bundle
+from verifier.datasets import load_folder
+from verifier.embedder import Embedder
+
+FAST = ["--steps-per-epoch", "10", "--batch-p", "4", "--batch-k", "3", "--quiet"]
+RECIPE_KEYS = {"loss", "mining", "margin", "epochs", "steps", "seed", "tower", "embedding_size", "dataset",
+               "train_identities", "validation_identities", "holdout_identities", "best_validation_eer",
+               "training_seconds"}
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    return write_folder(tmp_path_factory.mktemp("train") / "faces", n_identities=8, per_identity=6)
+
+
+@pytest.fixture(scope="module")
+def trained(faces, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "bundle"
+    rc = main(["--data", str(faces), "--holdout-identities", "0", "--validation-identities", "2",
+               "--loss", "triplet", "--seed", "0", "--epochs", "2", "--out", str(out)] + FAST)
+    assert rc == 0
+    return out
+
+
+def test_training_writes_a_loadable_bundle_with_the_recipe(trained, faces):
+    bundle = load_bundle(trained)
+    recipe = bundle.meta["recipe"]
+    assert RECIPE_KEYS <= set(recipe)
+    assert recipe["loss"] == "triplet" and recipe["mining"] == "batch-all"
+    assert recipe["dataset"]["spec"] == str(faces) and recipe["holdout_identities"] == []
+    assert len(recipe["train_identities"]) == 6 and len(recipe["validation_identities"]) == 2
+    assert not set(recipe["train_identities"]) & set(recipe["validation_identities"])
+    assert recipe["epochs"] == 2 and recipe["steps"] == 20 and recipe["best_validation_eer"] is not None
+    assert bundle.meta["embedding_size"] == recipe["embedding_size"] == 64
+
+
+def test_embeddings_separate_the_identities(trained, faces):
+    bundle = load_bundle(trained)
+    data = load_folder(faces)
+    emb = Embedder.from_bundle(bundle).embed_images(data.images)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    genuine, impostor = all_pairs(emb, data.labels, bundle.metric)
+    assert genuine.mean() < impostor.mean()
+
+
+@pytest.mark.parametrize("loss", ["contrastive", "npair"])
+def test_other_losses_train(loss, faces, tmp_path):
+    out = tmp_path / "b"
+    assert main(["--data", str(faces), "--holdout-identities", "2", "--loss", loss, "--epochs", "1",
+                 "--out", str(out), "--steps-per-epoch", "4", "--batch-p", "4", "--batch-k", "2", "--quiet"]) == 0
+    recipe = load_bundle(out).meta["recipe"]
+    assert recipe["loss"] == loss and recipe["mining"] is None and len(recipe["holdout_identities"]) == 2
+
+
+def test_resume_continues_from_the_checkpoint(faces, tmp_path, capsys):
+    out = tmp_path / "b"
+    args = ["--data", str(faces), "--holdout-identities", "0", "--seed", "1", "--out", str(out)] + FAST
+    assert main(args + ["--epochs", "1"]) == 0
+    assert main(args + ["--epochs", "2", "--resume"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    recipe = load_bundle(out).meta["recipe"]
+    assert recipe["epochs"] == 2 and [h["epoch"] for h in recipe["history"]] == [1, 2]
+    assert main(args[:-len(FAST)] + FAST + ["--epochs", "2", "--resume", "--margin", "0.5"]) == 2
+    assert "other data or settings" in capsys.readouterr().err
+
+
+def _fails(argv, capsys, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_missing_path(tmp_path, capsys):
+    _fails(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")], capsys, "not found")
+
+
+def test_empty_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    _fails(["--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")], capsys, "no identity folders")
+
+
+def test_one_identity(tmp_path, capsys):
+    root = write_folder(tmp_path / "one", n_identities=1, per_identity=5)
+    _fails(["--data", str(root), "--out", str(tmp_path / "o")], capsys, "only one identity")
+
+
+def test_too_few_images_per_identity(tmp_path, capsys):
+    root = write_folder(tmp_path / "few", n_identities=6, per_identity=3)
+    _fails(["--data", str(root), "--holdout-identities", "0", "--batch-k", "4", "--out", str(tmp_path / "o")],
+           capsys, "fewer than --batch-k 4 images")
+
+
+def test_too_few_identities_after_holdout(tmp_path, capsys):
+    root = write_folder(tmp_path / "small", n_identities=4, per_identity=4)
+    _fails(["--data", str(root), "--holdout-identities", "3", "--out", str(tmp_path / "o")],
+           capsys, "too few identities left to train on")
+
+
+def test_unreadable_file_strict_fails_and_lenient_warns(tmp_path, capsys):
+    root = write_folder(tmp_path / "bad", n_identities=6, per_identity=4)
+    (root / "id00" / "broken.png").write_bytes(b"not an image at all")
+    out = tmp_path / "o"
+    _fails(["--data", str(root), "--strict", "--out", str(out)], capsys, "unreadable image")
+    assert main(["--data", str(root), "--holdout-identities", "0", "--validation-identities", "0",
+                 "--epochs", "1", "--steps-per-epoch", "2", "--batch-p", "3", "--batch-k", "2",
+                 "--quiet", "--out", str(out)]) == 0
+    assert "skipped 1 unreadable files" in capsys.readouterr().err
+
+
+def test_signature_layout_trains_without_flips(tmp_path):
+    root = tmp_path / "sig"
+    rng = np.random.default_rng(0)
+    for w in range(4):
+        for kind, count in (("genuine", 4), ("forged", 2)):
+            (root / f"w{w}" / kind).mkdir(parents=True)
+            for i in range(count):
+                image = np.full((60, 150), 255, np.uint8)
+                pts = (rng.random((6, 2)) * [140, 50] + [5, 5]).astype(np.int32)
+                cv2.polylines(image, [pts], False, 0, 2)
+                cv2.imwrite(str(root / f"w{w}" / kind / f"{i}.png"), image)
+    out = tmp_path / "b"
+    assert main(["--data", str(root), "--holdout-identities", "0", "--validation-identities", "0", "--epochs", "1",
+                 "--steps-per-epoch", "2", "--batch-p", "4", "--batch-k", "2", "--quiet", "--out", str(out)]) == 0
+    meta = json.loads((out / "bundle.json").read_text())
+    assert meta["profile"]["name"] == "signature" and meta["recipe"]["flip_tta"] is False
+
+
+def test_same_seed_gives_the_same_weights():
+    from tests.synthetic import identity_images
+    from training.trainer import TrainConfig, train
+    from verifier.profiles import get_profile, preprocess_batch
+
+    profile = get_profile("face")
+    images = identity_images(5, 4)
+    x = preprocess_batch([image for group in images.values() for image in group], profile)
+    y = np.repeat(np.arange(5), 4)
+    config = TrainConfig(epochs=1, steps_per_epoch=3, batch_p=3, batch_k=2)
+    first, second = (train(config, x, y, profile, verbose=False).model(x[:3]).numpy() for _ in range(2))
+    np.testing.assert_array_equal(first, second)

@@ -1,0 +1,119 @@
+"""Identity splits, batch samplers, per-profile augmentation and the exact EER."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from training.augment import augment_batch, augmentation_for
+from training.evaluation import all_pairs, exact_eer
+from training.samplers import PairSampler, PKSampler
+from training.splits import parse_holdout, split_identities
+from verifier.errors import DatasetError
+from verifier.profiles import get_profile
+
+NAMES = [f"p{i:02d}" for i in range(20)]
+LABELS = np.repeat(np.arange(10), 6)
+
+
+def test_split_is_disjoint_complete_and_seeded():
+    split = split_identities(NAMES, 5, 3, seed=7)
+    assert (len(split.train), len(split.validation), len(split.holdout)) == (12, 3, 5)
+    assert not set(split.train) & set(split.validation)
+    assert not set(split.train) & set(split.holdout)
+    assert not set(split.validation) & set(split.holdout)
+    assert sorted(split.train + split.validation + split.holdout) == NAMES
+    assert split == split_identities(NAMES, 5, 3, seed=7)
+    assert split != split_identities(NAMES, 5, 3, seed=8)
+
+
+def test_split_with_named_holdout_and_zero_holdout():
+    split = split_identities(NAMES, parse_holdout("p03, p01"), 2, seed=0)
+    assert split.holdout == ["p01", "p03"]
+    assert len(split_identities(NAMES, parse_holdout("0"), 0, seed=0).train) == 20
+
+
+@pytest.mark.parametrize("holdout,validation,message", [
+    (19, 0, "too few identities"), (20, 0, "only 20 identities"), (["nobody"], 0, "unknown identities"),
+    (0, 1, "at least 2 identities")])
+def test_split_refuses_impossible_requests(holdout, validation, message):
+    with pytest.raises(DatasetError, match=message):
+        split_identities(NAMES, holdout, validation, seed=0)
+
+
+def test_pk_sampler_gives_p_identities_times_k_distinct_images_reproducibly():
+    sampler = PKSampler(LABELS, p=4, k=3, seed=1)
+    batch = sampler.batch(5)
+    assert batch.shape == (12,)
+    assert len(set(batch.tolist())) == 12
+    blocks = LABELS[batch].reshape(4, 3)
+    assert (blocks == blocks[:, :1]).all() and len(set(blocks[:, 0])) == 4  # identity-major
+    np.testing.assert_array_equal(batch, PKSampler(LABELS, p=4, k=3, seed=1).batch(5))
+    assert not np.array_equal(batch, sampler.batch(6))
+    assert not np.array_equal(batch, PKSampler(LABELS, p=4, k=3, seed=2).batch(5))
+
+
+def test_pk_sampler_caps_p_and_refuses_short_identities():
+    assert PKSampler(LABELS, p=50, k=2, seed=0).p == 10
+    with pytest.raises(ValueError, match="fewer than K=7"):
+        PKSampler(LABELS, p=4, k=7, seed=0)
+
+
+def test_pair_sampler_is_balanced():
+    sampler = PairSampler(LABELS, n_pairs=16, seed=0)
+    batch = sampler.batch(3)
+    a, b = LABELS[batch[:16]], LABELS[batch[16:]]
+    similar = sampler.similar()
+    assert similar.sum() == 8
+    np.testing.assert_array_equal(a == b, similar == 1)
+    assert len(set(batch[:8].tolist()) & set(batch[16:24].tolist())) == 0  # two distinct images
+
+
+def _mirrored_count(profile, n=64):
+    aug = replace(augmentation_for(profile, "strong"), rotation_deg=0.0, scale=0.0, shift=0.0,
+                  contrast=0.0, brightness=0.0, noise=0.0)
+    image = np.zeros((1,) + profile.input_shape, np.float32)
+    image[0, :, : profile.width // 3] = 1.0  # bright on the left only
+    batch = np.repeat(image, n, axis=0)
+    out = augment_batch(batch, np.array([0, 1]), aug, "unit").numpy()
+    return int(np.sum(out[:, 0, -1, 0] > 0.5))
+
+
+def test_augmentation_respects_allow_flip():
+    signature, face = get_profile("signature"), get_profile("face")
+    assert not signature.allow_flip and not augmentation_for(signature, "strong").flip
+    assert augmentation_for(face, "strong").flip
+    assert _mirrored_count(signature) == 0
+    assert 10 < _mirrored_count(face) < 54
+
+
+@pytest.mark.parametrize("name", ["face", "signature", "product"])
+def test_augmentation_keeps_shape_and_normalisation(name):
+    profile = get_profile(name)
+    x = np.random.default_rng(0).random((4,) + profile.input_shape).astype(np.float32)
+    out = augment_batch(x, np.array([3, 4]), augmentation_for(profile, "strong"), profile.normalize).numpy()
+    assert out.shape == x.shape and np.isfinite(out).all()
+    if profile.normalize == "standardize":
+        np.testing.assert_allclose(out.mean(axis=(1, 2, 3)), 0, atol=1e-4)
+        np.testing.assert_allclose(out.std(axis=(1, 2, 3)), 1, atol=1e-3)
+    else:
+        assert out.min() >= 0 and out.max() <= 1
+
+
+def test_exact_eer_interpolates_the_crossing():
+    genuine = np.array([0.1, 0.2, 0.3, 0.6])
+    impostor = np.array([0.4, 0.5, 0.7, 0.8])
+    eer = exact_eer(genuine, impostor)
+    assert eer.eer == pytest.approx(0.25)
+    assert (eer.genuine, eer.impostor) == (4, 4)
+    assert exact_eer([0.1, 0.2], [0.5, 0.6]).eer == 0.0
+    assert exact_eer([0.5, 0.6], [0.1, 0.2]).eer == 1.0
+
+
+def test_all_pairs_counts_and_forgeries():
+    emb = np.eye(4)
+    labels = np.array([0, 0, 1, 1])
+    genuine, impostor = all_pairs(emb, labels, "euclidean")
+    assert (len(genuine), len(impostor)) == (2, 4)
+    genuine, impostor = all_pairs(emb, labels, "euclidean", forged=np.array([False, True, False, False]))
+    assert (len(genuine), len(impostor)) == (1, 5)

@@ -1,0 +1,182 @@
+"""`python -m training`: train a Siamese embedding tower and write a model bundle.
+
+    python -m training --data orl --out bundles/orl
+    python -m training --data PATH --holdout-identities 0 --loss triplet --seed 0 --out DIR
+
+Every bad input ends with one line on stderr and exit status 2, never a traceback.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from training.augment import LEVELS  # noqa: E402
+from training.splits import default_holdout, default_validation, parse_holdout, split_identities  # noqa: E402
+from training.trainer import LOSSES, MINING, TrainConfig, train  # noqa: E402
+from training.towers import TOWERS  # noqa: E402
+from verifier.bundle import METRICS, save_bundle  # noqa: E402
+from verifier.datasets import load_dataset  # noqa: E402
+from verifier.errors import DatasetError, VerifierError  # noqa: E402
+from verifier.profiles import PROFILES, get_profile, preprocess_batch  # noqa: E402
+
+DEFAULTS = TrainConfig()
+VALIDATION_PER_IDENTITY = 100
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = p.add_argument_group("data")
+    data.add_argument("--data", required=True, help="orl, fashion-mnist, or a folder ROOT/<identity>/<images> "
+                      "(signatures: ROOT/<writer>/genuine|forged/)")
+    data.add_argument("--holdout-identities", default=None,
+                      help="identities kept out of training entirely (for calibration): a count drawn with "
+                           "--seed, or a comma list of names; 0 trains on everything (default: a quarter "
+                           "when there are 8 or more identities)")
+    data.add_argument("--validation-identities", type=int, default=None,
+                      help="identities (not trained on) whose EER drives early stopping "
+                           "(default: a tenth of the rest, at least 2; 0 disables early stopping)")
+    data.add_argument("--profile", choices=sorted(PROFILES), default=None,
+                      help="preprocessing profile (default: the data set's own: face, signature or product)")
+    data.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
+    model = p.add_argument_group("model and loss")
+    model.add_argument("--loss", choices=LOSSES, default=DEFAULTS.loss)
+    model.add_argument("--mining", choices=MINING, default=DEFAULTS.mining, help="triplet mining")
+    model.add_argument("--margin", type=float, default=None,
+                       help="loss margin (default: 1.0 contrastive, 0.2 triplet)")
+    model.add_argument("--soft-margin", action="store_true", help="triplet: softplus instead of a hinge")
+    model.add_argument("--tower", choices=TOWERS, default=DEFAULTS.tower)
+    model.add_argument("--embedding-size", type=int, default=DEFAULTS.embedding_size)
+    model.add_argument("--dropout", type=float, default=DEFAULTS.dropout)
+    model.add_argument("--metric", choices=METRICS, default="euclidean",
+                       help="distance recorded in the bundle (embeddings are L2-normalised)")
+    model.add_argument("--no-flip-tta", dest="flip_tta", action="store_false",
+                       help="do not average the embeddings of an image and its mirror image "
+                            "(never done for profiles that forbid flips)")
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
+    opt.add_argument("--steps-per-epoch", type=int, default=DEFAULTS.steps_per_epoch)
+    opt.add_argument("--batch-p", type=int, default=DEFAULTS.batch_p, help="identities per batch")
+    opt.add_argument("--batch-k", type=int, default=DEFAULTS.batch_k, help="images per identity per batch")
+    opt.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate,
+                     help="peak learning rate (cosine decay to 0 over all steps)")
+    opt.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay, help="AdamW weight decay")
+    opt.add_argument("--augment", choices=sorted(LEVELS), default=DEFAULTS.augment,
+                     help="training augmentation level, per profile (no flips for signatures); "
+                          "none measured best on ORL")
+    opt.add_argument("--patience", type=int, default=DEFAULTS.patience,
+                     help="epochs without a better validation EER before stopping (the best epoch "
+                          "is chosen from the second half of the schedule)")
+    opt.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    run = p.add_argument_group("output")
+    run.add_argument("--out", required=True, help="bundle directory to write")
+    run.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (default: OUT/checkpoint)")
+    run.add_argument("--resume", action="store_true", help="continue from the checkpoint when there is one")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _check_positive(args):
+    for name in ("epochs", "steps_per_epoch", "batch_p", "batch_k", "embedding_size"):
+        if getattr(args, name) < 1:
+            raise DatasetError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.batch_p < 2 and args.loss != "contrastive":
+        raise DatasetError("--batch-p must be at least 2: in-batch mining needs other identities")
+    if args.batch_k < 2:
+        raise DatasetError("--batch-k must be at least 2: in-batch mining needs positives")
+
+
+def _check_counts(data, names, k):
+    """Every identity that training or validation uses needs at least K genuine images."""
+    counts = data.counts()
+    short = [f"{name} ({counts[name]})" for name in names if counts[name] < k]
+    if short:
+        more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+        raise DatasetError(f"{len(short)} identities have fewer than --batch-k {k} images: "
+                           f"{', '.join(short[:5])}{more}; lower --batch-k, or hold them out")
+
+
+def _sample_per_identity(data, limit, seed):
+    """At most `limit` images per identity (seeded): validation scores all pairs, and
+    Fashion-MNIST's 7,000 images per category would make that 10^8 pairs per epoch."""
+    rng = np.random.default_rng([seed, 4])
+    keep = np.concatenate([np.sort(rng.permutation(np.flatnonzero(data.labels == c))[:limit])
+                           for c in range(len(data.identities))])
+    return [data.images[i] for i in keep], data.labels[keep], data.forged[keep]
+
+
+def _genuine(data):
+    keep = ~data.forged
+    return [image for image, ok in zip(data.images, keep) if ok], data.labels[keep]
+
+
+def run(args):
+    _check_positive(args)
+    config = TrainConfig(loss=args.loss, mining=args.mining, margin=args.margin, soft_margin=args.soft_margin,
+                         tower=args.tower, embedding_size=args.embedding_size, dropout=args.dropout,
+                         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_p=args.batch_p,
+                         batch_k=args.batch_k, patience=args.patience, learning_rate=args.learning_rate,
+                         weight_decay=args.weight_decay, augment=args.augment, flip_tta=args.flip_tta,
+                         seed=args.seed)
+    data = load_dataset(args.data, strict=args.strict)
+    if data.skipped:
+        print(f"warning: skipped {len(data.skipped)} unreadable files (first: {data.skipped[0][0]}: "
+              f"{data.skipped[0][1]}); --strict makes this an error", file=sys.stderr)
+    if len(data.identities) < 2:
+        raise DatasetError(f"{args.data} has only one identity ({data.identities[0]}): "
+                           "verification needs at least 2 (ROOT/<identity>/<images>)")
+    profile = get_profile(args.profile or data.profile)
+    n = len(data.identities)
+    holdout = parse_holdout(args.holdout_identities)
+    holdout = default_holdout(n) if holdout is None else holdout
+    n_rest = n - (len(holdout) if isinstance(holdout, list) else holdout)
+    validation = default_validation(n_rest) if args.validation_identities is None else args.validation_identities
+    split = split_identities(data.identities, holdout, validation, args.seed)
+    _check_counts(data, split.train + split.validation, config.batch_k)
+
+    train_set = data.subset(split.train)
+    train_images, train_labels = _genuine(train_set)
+    val = {}
+    if split.validation:
+        images, labels, forged = _sample_per_identity(data.subset(split.validation), VALIDATION_PER_IDENTITY,
+                                                      args.seed)
+        val = dict(val_images=preprocess_batch(images, profile), val_labels=labels, val_forged=forged)
+    print(f"{data.name}: {n} identities, {len(data)} images; training on {len(split.train)}, "
+          f"validating on {len(split.validation)}, holding out {len(split.holdout)}; profile {profile.name}")
+    out = Path(args.out)
+    identity = {"dataset": data.fingerprint, "split": [split.train, split.validation, split.holdout],
+                "profile": profile.to_dict()}
+    result = train(config, preprocess_batch(train_images, profile), train_labels, profile, metric=args.metric,
+                   checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else out / "checkpoint",
+                   resume=args.resume, identity=identity, verbose=not args.quiet, **val)
+    recipe = dict(
+        loss=config.loss, mining=config.mining, margin=config.margin, epochs=result.epochs_run,
+        steps=result.steps, seed=config.seed, tower=config.tower, embedding_size=config.embedding_size,
+        dataset={"name": data.name, "fingerprint": data.fingerprint, "spec": args.data},
+        train_identities=split.train, validation_identities=split.validation,
+        holdout_identities=split.holdout, best_validation_eer=result.best_validation_eer,
+        best_epoch=result.best_epoch, training_seconds=result.training_seconds,
+        flip_tta=result.model is not result.tower, hyperparameters=config.to_dict(),
+        history=result.history)
+    bundle_id = save_bundle(out, result.model, profile=profile, metric=args.metric, recipe=recipe)
+    best = "n/a" if result.best_validation_eer is None else f"{100 * result.best_validation_eer:.2f}%"
+    print(f"wrote bundle {bundle_id} to {out} (best validation EER {best} at epoch {result.best_epoch}, "
+          f"{result.training_seconds:.0f} s)")
+    return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except VerifierError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: continue with --resume", file=sys.stderr)
+        return 130
