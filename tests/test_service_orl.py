@@ -1,0 +1,56 @@
+"""The shipped default bundle served by real gunicorn, on real held-out ORL faces, over HTTP."""
+
+import base64
+import json
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.live_service import running_service
+from tests.synthetic import png_bytes
+from verifier.bundle import load_bundle
+from verifier.datasets import load_orl
+
+BUNDLE = Path(__file__).resolve().parent.parent / "bundles" / "default"
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    with running_service(BUNDLE, tmp_path_factory.mktemp("orl") / "gunicorn.log") as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    """PNG bytes of the first two images of each identity the default bundle never trained on."""
+    recipe = load_bundle(BUNDLE, with_model=False).meta["recipe"]
+    faces = load_orl().subset(recipe["holdout_identities"])
+    return [[png_bytes(faces.images[i]) for i in np.flatnonzero(faces.labels == k)[:2]]
+            for k in range(len(faces.identities))]
+
+
+def _batch(service, pairs):
+    body = {"image_a": [a for a, _ in pairs], "image_b": [b for _, b in pairs]}
+    encoded = {key: [base64.b64encode(x).decode() for x in values] for key, values in body.items()}
+    status, payload, _ = service.request("POST", "/v1/verify/batch", json.dumps(encoded).encode(),
+                                         {"Content-Type": "application/json"})
+    assert status == 200, payload
+    return payload["results"]
+
+
+def test_different_held_out_people_are_usually_different(service, held_out):
+    threshold = json.loads((BUNDLE / "calibration.json").read_text())["threshold"]
+    results = _batch(service, [(held_out[i][0], held_out[j][0]) for i, j in combinations(range(len(held_out)), 2)])
+    assert len(results) == 45
+    assert np.mean([r["decision"] == "different" for r in results]) >= 0.8
+    for result in results:  # every decision is the calibrated threshold applied to the distance
+        assert result["threshold"] == pytest.approx(threshold)
+        assert result["decision"] == ("same" if result["distance"] <= threshold else "different")
+
+
+def test_two_photos_of_one_held_out_person_are_usually_same(service, held_out):
+    results = _batch(service, [(first, second) for first, second in held_out])
+    assert np.mean([r["decision"] == "same" for r in results]) >= 0.6
+    assert all(0.0 <= r["confidence"] <= 1.0 for r in results)
