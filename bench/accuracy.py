@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from bench.baselines import BASELINES  # noqa: E402
-from training.evaluation import all_pairs, auc, exact_eer  # noqa: E402
+from calibration.metrics import auc, eer  # noqa: E402
+from calibration.pairs import pair_comparisons  # noqa: E402
 from training.splits import default_validation, split_identities  # noqa: E402
 from training.trainer import TrainConfig, train  # noqa: E402
 from verifier.datasets import load_dataset  # noqa: E402
@@ -70,8 +71,11 @@ def run_siamese(loss, overrides, data, split, profile, verbose):
 
 
 def evaluate(embeddings, labels, metric):
-    genuine, impostor = all_pairs(embeddings, labels, metric)
-    return exact_eer(genuine, impostor), auc(genuine, impostor)
+    """EER, the operating point at its threshold (with counts) and AUC over all held-out pairs."""
+    pairs = pair_comparisons(embeddings, labels, np.zeros(len(labels), bool), metric)
+    result = eer(pairs.genuine, pairs.impostor)
+    point = next(p for p in result.bracket if p.threshold == result.threshold)
+    return result, point, auc(pairs.genuine, pairs.impostor)
 
 
 def main(argv=None):
@@ -120,12 +124,13 @@ def main(argv=None):
                 start = time.perf_counter()
                 embeddings, metric = BASELINES[model](fit_x, fit.labels, test_x), "cosine"
                 seconds = time.perf_counter() - start
-            eer, area = evaluate(embeddings, test.labels, metric)
-            results[model][fold] = {"eer": eer.eer, "auc": area, "seconds": round(seconds, 1),
-                                    "false_matches": eer.false_matches, "impostor": eer.impostor,
-                                    "false_non_matches": eer.false_non_matches, "genuine": eer.genuine,
+            result, point, area = evaluate(embeddings, test.labels, metric)
+            results[model][fold] = {"eer": result.value, "auc": area, "seconds": round(seconds, 1),
+                                    "false_matches": point.fmr.errors, "impostor": point.fmr.total,
+                                    "false_non_matches": point.fnmr.errors, "genuine": point.fnmr.total,
                                     **extra}
-            print(f"fold {fold} ({held[0]}..{held[-1]})  {model:20s} EER {eer.describe():38s} "
+            counts = f"(FMR {point.fmr.errors}/{point.fmr.total}, FNMR {point.fnmr.errors}/{point.fnmr.total})"
+            print(f"fold {fold} ({held[0]}..{held[-1]})  {model:20s} EER {100 * result.value:.2f}% {counts:30s} "
                   f"AUC {area:.4f}  fit {seconds:6.1f} s", flush=True)
     print("\nmean over folds " + ",".join(str(f) for f in folds))
     summary = {}

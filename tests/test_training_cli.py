@@ -8,7 +8,7 @@ import pytest
 
 from tests.synthetic import write_folder
 from training.cli import main
-from training.evaluation import all_pairs
+from calibration.pairs import pair_comparisons
 from verifier.bundle import load_bundle
 from verifier.datasets import load_folder
 from verifier.embedder import Embedder
@@ -50,8 +50,8 @@ def test_embeddings_separate_the_identities(trained, faces):
     data = load_folder(faces)
     emb = Embedder.from_bundle(bundle).embed_images(data.images)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
-    genuine, impostor = all_pairs(emb, data.labels, bundle.metric)
-    assert genuine.mean() < impostor.mean()
+    pairs = pair_comparisons(emb, data.labels, data.forged, bundle.metric)
+    assert pairs.genuine.mean() < pairs.impostor.mean()
 
 
 @pytest.mark.parametrize("loss", ["contrastive", "npair"])

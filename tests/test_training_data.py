@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from training.augment import augment_batch, augmentation_for
-from training.evaluation import all_pairs, exact_eer
 from training.samplers import PairSampler, PKSampler
 from training.splits import parse_holdout, split_identities
 from verifier.errors import DatasetError
@@ -98,22 +97,3 @@ def test_augmentation_keeps_shape_and_normalisation(name):
         np.testing.assert_allclose(out.std(axis=(1, 2, 3)), 1, atol=1e-3)
     else:
         assert out.min() >= 0 and out.max() <= 1
-
-
-def test_exact_eer_interpolates_the_crossing():
-    genuine = np.array([0.1, 0.2, 0.3, 0.6])
-    impostor = np.array([0.4, 0.5, 0.7, 0.8])
-    eer = exact_eer(genuine, impostor)
-    assert eer.eer == pytest.approx(0.25)
-    assert (eer.genuine, eer.impostor) == (4, 4)
-    assert exact_eer([0.1, 0.2], [0.5, 0.6]).eer == 0.0
-    assert exact_eer([0.5, 0.6], [0.1, 0.2]).eer == 1.0
-
-
-def test_all_pairs_counts_and_forgeries():
-    emb = np.eye(4)
-    labels = np.array([0, 0, 1, 1])
-    genuine, impostor = all_pairs(emb, labels, "euclidean")
-    assert (len(genuine), len(impostor)) == (2, 4)
-    genuine, impostor = all_pairs(emb, labels, "euclidean", forged=np.array([False, True, False, False]))
-    assert (len(genuine), len(impostor)) == (1, 5)

@@ -7,7 +7,6 @@ Modules, one job each:
     pipeline   the tf.data input pipeline built from a sampler and the augmentation
     losses     contrastive, triplet (batch-all / batch-hard / semi-hard), N-pair
     towers     the embedding towers and the flip test-time-augmentation wrapper
-    evaluation exact EER and AUC over all genuine / impostor pairs of a labelled set
-    trainer    the training loop: early stopping, checkpoint and resume, the recipe
+    trainer    the training loop: early stopping on validation EER (calibration.metrics), checkpoint and resume
     cli        `python -m training`
 """

@@ -16,9 +16,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from calibration.metrics import eer
+from calibration.pairs import pair_comparisons
 from training import losses
 from training.augment import augmentation_for
-from training.evaluation import all_pairs, exact_eer
 from training.pipeline import training_batches
 from training.samplers import PairSampler, PKSampler
 from training.towers import build_tower, with_flip_average
@@ -111,8 +112,10 @@ def make_sampler(config, labels):
 
 
 def validation_eer(embedder, images, labels, metric, forged=None):
-    genuine, impostor = all_pairs(embedder.embed_batch(images), labels, metric, forged)
-    return exact_eer(genuine, impostor)
+    """EER over every genuine and impostor pair of the validation identities (calibration's protocol)."""
+    forged = np.zeros(len(labels), bool) if forged is None else forged
+    pairs = pair_comparisons(embedder.embed_batch(images), labels, forged, metric)
+    return eer(pairs.genuine, pairs.impostor).value
 
 
 class Checkpoint:
@@ -237,13 +240,13 @@ def train(config, train_images, train_labels, profile, *, val_images=None, val_l
                 bar.update(i + 1, [("loss", losses_seen[-1])])
         record = {"epoch": epoch, "loss": float(np.mean(losses_seen))}
         if has_validation:
-            eer = validation_eer(embedder, val_images, val_labels, metric, val_forged).eer
-            record["val_eer"] = eer
+            val_eer = validation_eer(embedder, val_images, val_labels, metric, val_forged)
+            record["val_eer"] = val_eer
             if epoch < first_eligible_epoch(config.epochs):
                 pass  # shown, but too early in the schedule to be chosen
-            elif state["best_eer"] is None or eer <= state["best_eer"]:  # ties: keep the later epoch
-                improved = state["best_eer"] is None or eer < state["best_eer"]
-                state.update(best_eer=eer, best_epoch=epoch, bad_epochs=0 if improved else state["bad_epochs"])
+            elif state["best_eer"] is None or val_eer <= state["best_eer"]:  # ties: keep the later epoch
+                improved = state["best_eer"] is None or val_eer < state["best_eer"]
+                state.update(best_eer=val_eer, best_epoch=epoch, bad_epochs=0 if improved else state["bad_epochs"])
                 best_weights = tower.get_weights()
             else:
                 state["bad_epochs"] += 1
