@@ -1,0 +1,1 @@
+"""The runtime shared by training and calibration: images, profiles, bundles, embedding, serving."""
