@@ -5,7 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from training.augment import augment_batch, augmentation_for
+from training.augment import Augmentation, augment_batch, augmentation_for
 from training.samplers import PairSampler, PKSampler
 from training.splits import parse_holdout, split_identities
 from verifier.errors import DatasetError
@@ -86,14 +86,37 @@ def test_augmentation_respects_allow_flip():
     assert 10 < _mirrored_count(face) < 54
 
 
+@pytest.mark.parametrize("level", ["strong", "robust"])
 @pytest.mark.parametrize("name", ["face", "signature", "product"])
-def test_augmentation_keeps_shape_and_normalisation(name):
+def test_augmentation_keeps_shape_and_normalisation(name, level):
     profile = get_profile(name)
     x = np.random.default_rng(0).random((4,) + profile.input_shape).astype(np.float32)
-    out = augment_batch(x, np.array([3, 4]), augmentation_for(profile, "strong"), profile.normalize).numpy()
+    out = augment_batch(x, np.array([3, 4]), augmentation_for(profile, level), profile.normalize).numpy()
     assert out.shape == x.shape and np.isfinite(out).all()
     if profile.normalize == "standardize":
         np.testing.assert_allclose(out.mean(axis=(1, 2, 3)), 0, atol=1e-4)
         np.testing.assert_allclose(out.std(axis=(1, 2, 3)), 1, atol=1e-3)
     else:
         assert out.min() >= 0 and out.max() <= 1
+
+
+def test_random_erase_blanks_one_rectangle_in_the_chosen_share():
+    x = np.random.default_rng(1).random((200, 20, 20, 1)).astype(np.float32)
+    out = augment_batch(x, np.array([5, 6]), Augmentation(erase=0.5), "unit").numpy()
+    changed = np.any(out != x, axis=(1, 2, 3))
+    assert 60 < changed.sum() < 140
+    for image, original in zip(out[changed][:10], x[changed][:10]):
+        rows, cols = np.nonzero((image != original)[:, :, 0])
+        box = image[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        np.testing.assert_allclose(box, original.mean(), rtol=1e-5)  # one filled rectangle
+    np.testing.assert_array_equal(augment_batch(x, np.array([5, 6]), Augmentation(), "unit").numpy(), x)
+
+
+def test_illumination_is_a_linear_ramp_over_the_image():
+    x = np.full((8, 16, 16, 1), 0.5, np.float32)
+    x[:, 0, 0] = 0.0  # the darkest value stays the floor the ramp scales from
+    out = augment_batch(x, np.array([7, 8]), Augmentation(illumination=0.5), "unit").numpy()[:, 1:, 1:, 0]
+    assert np.all(out.max(axis=(1, 2)) - out.min(axis=(1, 2)) > 0)
+    assert np.all(out.min() >= 0.5 * 0.5 - 1e-6) and np.all(out.max() <= 0.5 * 1.5 + 1e-6)
+    np.testing.assert_allclose(np.diff(out, 2, axis=1), 0, atol=1e-5)  # planar: no curvature
+    np.testing.assert_allclose(np.diff(out, 2, axis=2), 0, atol=1e-5)
