@@ -32,7 +32,7 @@ from verifier.datasets import load_dataset  # noqa: E402
 from verifier.embedder import Embedder  # noqa: E402
 from verifier.profiles import get_profile, preprocess_batch  # noqa: E402
 
-SIAMESE = {"siamese-contrastive": "contrastive", "siamese-triplet": "triplet"}
+SIAMESE = {"siamese-contrastive": "contrastive", "siamese-triplet": "triplet", "siamese-cosface": "cosface"}
 MODELS = tuple(SIAMESE) + tuple(BASELINES)
 
 
@@ -60,6 +60,7 @@ def parse_overrides(items):
 
 
 def run_siamese(loss, overrides, data, split, profile, verbose):
+    """Train one loss with its own default recipe (training.trainer), plus any --set overrides."""
     train_set, val_set = data.subset(split.train), data.subset(split.validation)
     config = TrainConfig(**{"loss": loss, **overrides})
     result = train(config, preprocess_batch(train_set.images, profile), train_set.labels, profile,

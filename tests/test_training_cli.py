@@ -3,15 +3,20 @@
 import json
 
 import cv2
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from tests.synthetic import write_folder
-from training.cli import main
 from calibration.pairs import pair_comparisons
+from tests.synthetic import identity_images, write_folder
+from training.cli import main
+from training.towers import build_tower
+from training.trainer import Checkpoint, TrainConfig, train
 from verifier.bundle import load_bundle
 from verifier.datasets import load_folder
 from verifier.embedder import Embedder
+from verifier.profiles import get_profile, preprocess_batch
 
 FAST = ["--steps-per-epoch", "10", "--batch-p", "4", "--batch-k", "3", "--quiet"]
 RECIPE_KEYS = {"loss", "mining", "margin", "epochs", "steps", "seed", "tower", "embedding_size", "dataset",
@@ -54,7 +59,7 @@ def test_embeddings_separate_the_identities(trained, faces):
     assert pairs.genuine.mean() < pairs.impostor.mean()
 
 
-@pytest.mark.parametrize("loss", ["contrastive", "npair"])
+@pytest.mark.parametrize("loss", ["contrastive", "npair", "cosface"])
 def test_other_losses_train(loss, faces, tmp_path):
     out = tmp_path / "b"
     assert main(["--data", str(faces), "--holdout-identities", "2", "--loss", loss, "--epochs", "1",
@@ -73,6 +78,32 @@ def test_resume_continues_from_the_checkpoint(faces, tmp_path, capsys):
     assert recipe["epochs"] == 2 and [h["epoch"] for h in recipe["history"]] == [1, 2]
     assert main(args[:-len(FAST)] + FAST + ["--epochs", "2", "--resume", "--margin", "0.5"]) == 2
     assert "other data or settings" in capsys.readouterr().err
+
+
+def test_checkpoint_restores_cosface_proxies_with_the_tower_and_optimizer(tmp_path):
+    """cosface's class proxies live outside the tower; a resumed run must get them back."""
+    profile = get_profile("face")
+    tower = build_tower("small", profile.input_shape, 8)
+    proxies = tf.Variable(np.random.default_rng(0).normal(size=(8, 5)).astype(np.float32))
+    optimizer = keras.optimizers.AdamW(1e-3)
+    optimizer.build(tower.trainable_variables + [proxies])
+    Checkpoint(tmp_path).save(tower, optimizer, tower.get_weights(), {"epoch": 1}, [proxies])
+
+    fresh_tower = build_tower("small", profile.input_shape, 8)
+    fresh = tf.Variable(tf.zeros((8, 5)))
+    state, _ = Checkpoint(tmp_path).load(fresh_tower, keras.optimizers.AdamW(1e-3), [fresh])
+    assert state == {"epoch": 1}
+    np.testing.assert_array_equal(fresh.numpy(), proxies.numpy())
+    for a, b in zip(fresh_tower.get_weights(), tower.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cosface_run_resumes(faces, tmp_path, capsys):
+    args = ["--data", str(faces), "--holdout-identities", "0", "--loss", "cosface", "--out", str(tmp_path)] + FAST
+    assert main(args + ["--epochs", "1"]) == 0
+    assert main(args + ["--epochs", "2", "--resume"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert load_bundle(tmp_path).meta["recipe"]["loss"] == "cosface"
 
 
 def _fails(argv, capsys, message):
@@ -138,10 +169,6 @@ def test_signature_layout_trains_without_flips(tmp_path):
 
 
 def test_same_seed_gives_the_same_weights():
-    from tests.synthetic import identity_images
-    from training.trainer import TrainConfig, train
-    from verifier.profiles import get_profile, preprocess_batch
-
     profile = get_profile("face")
     images = identity_images(5, 4)
     x = preprocess_batch([image for group in images.values() for image in group], profile)
@@ -149,3 +176,12 @@ def test_same_seed_gives_the_same_weights():
     config = TrainConfig(epochs=1, steps_per_epoch=3, batch_p=3, batch_k=2)
     first, second = (train(config, x, y, profile, verbose=False).model(x[:3]).numpy() for _ in range(2))
     np.testing.assert_array_equal(first, second)
+
+
+def test_each_loss_gets_its_own_measured_defaults_unless_told():
+    cosface, triplet = TrainConfig(), TrainConfig(loss="triplet")
+    assert (cosface.loss, cosface.augment, cosface.epochs, cosface.margin, cosface.mining) == (
+        "cosface", "robust", 20, 0.3, None)
+    assert (triplet.augment, triplet.epochs, triplet.margin, triplet.mining) == ("none", 10, 0.2, "batch-all")
+    told = TrainConfig(loss="triplet", augment="robust", epochs=3, margin=0.5)
+    assert (told.augment, told.epochs, told.margin) == ("robust", 3, 0.5)

@@ -140,3 +140,28 @@ def test_npair_value_and_gradient(k):
     p = 3
     x = embeddings(p * k, seed=6)
     check(lambda v: losses.npair_loss(v, p, k, 0.2), lambda v: ref_npair(v, p, k, 0.2), x)
+
+
+def ref_cosface(x, labels, proxies, scale, margin):
+    cosines = x @ (proxies / np.linalg.norm(proxies, axis=0, keepdims=True))
+    logits = scale * (cosines - margin * np.eye(proxies.shape[1])[labels])
+    logits -= logits.max(axis=1, keepdims=True)
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    return -np.mean(log_softmax[np.arange(len(x)), labels])
+
+
+@pytest.mark.parametrize("scale,margin", [(16.0, 0.3), (4.0, 0.0)])
+def test_cosface_value_and_gradient_for_embeddings_and_proxies(scale, margin):
+    x = embeddings(seed=7)
+    proxies = np.random.default_rng(8).normal(size=(4, 3))
+    check(lambda v: losses.cosface_loss(v, tf.constant(LABELS), tf.constant(proxies), scale, margin),
+          lambda v: ref_cosface(v, LABELS, proxies, scale, margin), x)
+    check(lambda w: losses.cosface_loss(tf.constant(x), tf.constant(LABELS), w, scale, margin),
+          lambda w: ref_cosface(x, LABELS, w, scale, margin), proxies)
+
+
+def test_cosface_margin_makes_a_correct_classification_cost_more():
+    proxies = np.eye(3)
+    x = np.eye(3)[LABELS]  # every embedding on its own identity's proxy
+    free = float(losses.cosface_loss(x, LABELS, proxies, 16.0, 0.0))
+    assert float(losses.cosface_loss(x, LABELS, proxies, 16.0, 0.3)) > free > 0

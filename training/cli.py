@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 
 from training.augment import LEVELS  # noqa: E402
 from training.splits import default_holdout, default_validation, parse_holdout, split_identities  # noqa: E402
-from training.trainer import LOSSES, MINING, TrainConfig, train  # noqa: E402
+from training.trainer import DEFAULT_MINING, LOSSES, MINING, TrainConfig, train  # noqa: E402
 from training.towers import TOWERS  # noqa: E402
 from verifier.bundle import METRICS, save_bundle  # noqa: E402
 from verifier.datasets import load_dataset  # noqa: E402
@@ -46,9 +46,11 @@ def build_parser():
     data.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
     model = p.add_argument_group("model and loss")
     model.add_argument("--loss", choices=LOSSES, default=DEFAULTS.loss)
-    model.add_argument("--mining", choices=MINING, default=DEFAULTS.mining, help="triplet mining")
+    model.add_argument("--mining", choices=MINING, default=DEFAULT_MINING, help="triplet mining")
     model.add_argument("--margin", type=float, default=None,
-                       help="loss margin (default: 1.0 contrastive, 0.2 triplet)")
+                       help="loss margin (default: 1.0 contrastive, 0.2 triplet, 0.3 cosface (in cosine))")
+    model.add_argument("--scale", type=float, default=DEFAULTS.scale,
+                       help="cosface: scale of the cosines in the softmax (inverse temperature)")
     model.add_argument("--soft-margin", action="store_true", help="triplet: softplus instead of a hinge")
     model.add_argument("--tower", choices=TOWERS, default=DEFAULTS.tower)
     model.add_argument("--embedding-size", type=int, default=DEFAULTS.embedding_size)
@@ -59,16 +61,16 @@ def build_parser():
                        help="do not average the embeddings of an image and its mirror image "
                             "(never done for profiles that forbid flips)")
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
+    opt.add_argument("--epochs", type=int, default=None, help="default: 20 for cosface, 10 for the other losses")
     opt.add_argument("--steps-per-epoch", type=int, default=DEFAULTS.steps_per_epoch)
     opt.add_argument("--batch-p", type=int, default=DEFAULTS.batch_p, help="identities per batch")
     opt.add_argument("--batch-k", type=int, default=DEFAULTS.batch_k, help="images per identity per batch")
     opt.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate,
                      help="peak learning rate (cosine decay to 0 over all steps)")
     opt.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay, help="AdamW weight decay")
-    opt.add_argument("--augment", choices=sorted(LEVELS), default=DEFAULTS.augment,
-                     help="training augmentation level, per profile (no flips for signatures); "
-                          "none measured best on ORL")
+    opt.add_argument("--augment", choices=sorted(LEVELS), default=None,
+                     help="training augmentation level, per profile (no flips for signatures); default: "
+                          "robust for cosface, none for the other losses (what measured best on ORL)")
     opt.add_argument("--patience", type=int, default=DEFAULTS.patience,
                      help="epochs without a better validation EER before stopping (the best epoch "
                           "is chosen from the second half of the schedule)")
@@ -83,7 +85,7 @@ def build_parser():
 
 def _check_positive(args):
     for name in ("epochs", "steps_per_epoch", "batch_p", "batch_k", "embedding_size"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise DatasetError(f"--{name.replace('_', '-')} must be at least 1")
     if args.batch_p < 2 and args.loss != "contrastive":
         raise DatasetError("--batch-p must be at least 2: in-batch mining needs other identities")
@@ -118,7 +120,7 @@ def _genuine(data):
 def run(args):
     _check_positive(args)
     config = TrainConfig(loss=args.loss, mining=args.mining, margin=args.margin, soft_margin=args.soft_margin,
-                         tower=args.tower, embedding_size=args.embedding_size, dropout=args.dropout,
+                         scale=args.scale, tower=args.tower, embedding_size=args.embedding_size, dropout=args.dropout,
                          epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_p=args.batch_p,
                          batch_k=args.batch_k, patience=args.patience, learning_rate=args.learning_rate,
                          weight_decay=args.weight_decay, augment=args.augment, flip_tta=args.flip_tta,

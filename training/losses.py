@@ -113,5 +113,20 @@ def npair_loss(embeddings, p, k, temperature=0.2):
     return total / (k // 2)
 
 
+def cosface_loss(embeddings, labels, proxies, scale=16.0, margin=0.3):
+    """Large-margin cosine softmax (CosFace; Wang et al. 2018) over the training identities.
+
+    `proxies` is a trainable (D, C) matrix, one column per training identity; `labels`
+    index its columns. Each embedding's cosine to its own identity's (normalised) proxy
+    is lowered by `margin` before a softmax of temperature 1 / `scale`, so identities
+    must be separated by at least the margin in angle. Only the tower is kept: at test
+    time verification compares embeddings, and the proxies are thrown away.
+    """
+    cosines = tf.matmul(embeddings, tf.math.l2_normalize(proxies, axis=0))
+    onehot = tf.one_hot(tf.cast(tf.reshape(labels, [-1]), tf.int32), tf.shape(proxies)[1], dtype=cosines.dtype)
+    logits = scale * (cosines - margin * onehot)
+    return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(onehot, logits))
+
+
 TRIPLET_MINING = {"batch-all": triplet_batch_all, "batch-hard": triplet_batch_hard,
                   "semi-hard": triplet_semi_hard}
