@@ -98,12 +98,25 @@ def test_checkpoint_restores_cosface_proxies_with_the_tower_and_optimizer(tmp_pa
         np.testing.assert_array_equal(a, b)
 
 
-def test_cosface_run_resumes(faces, tmp_path, capsys):
-    args = ["--data", str(faces), "--holdout-identities", "0", "--loss", "cosface", "--out", str(tmp_path)] + FAST
+def test_cosface_run_checkpoints_its_proxies_and_resumes_from_them(faces, tmp_path, capsys):
+    args = ["--data", str(faces), "--holdout-identities", "0", "--validation-identities", "0",
+            "--loss", "cosface", "--out", str(tmp_path)] + FAST
     assert main(args + ["--epochs", "1"]) == 0
+    with np.load(tmp_path / "checkpoint" / "extra.npz") as saved:
+        assert [saved[name].shape for name in saved.files] == [(64, 8)]  # one proxy per training identity
     assert main(args + ["--epochs", "2", "--resume"]) == 0
     assert "resuming from" in capsys.readouterr().out
     assert load_bundle(tmp_path).meta["recipe"]["loss"] == "cosface"
+
+    (tmp_path / "checkpoint" / "extra.npz").unlink()  # a resume without its proxies is refused, not re-drawn
+    assert main(args + ["--epochs", "3", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "is unusable" in err and "Traceback" not in err
+
+
+def test_non_positive_cosface_scale_is_refused(faces, tmp_path, capsys):
+    _fails(["--data", str(faces), "--loss", "cosface", "--scale", "0", "--out", str(tmp_path)], capsys,
+           "--scale must be positive")
 
 
 def _fails(argv, capsys, message):

@@ -9,9 +9,9 @@ change and pixel noise instead. Two changes target what held-out ORL faces get w
 a light ramp across the face (side lighting) and a blanked rectangle (glasses on / off,
 occlusion). Randomness is stateless, keyed by a per-batch seed.
 
-The training default is `robust`: with the cosface loss it took the 4-fold ORL EER from
-about 12.7% to 8.2% on the two hardest folds. With the triplet loss at 1,000 steps every
-level raised the EER, so a triplet run may do better with `--augment none`.
+The default level depends on the loss (training.trainer.DEFAULT_AUGMENT): `robust` for
+cosface, where it took the ORL EER on the two hardest folds from about 12.7% to 8.2%, and
+`none` for the pair and triplet losses, where every level raised the EER at 1,000 steps.
 """
 
 import math

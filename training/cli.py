@@ -91,6 +91,8 @@ def _check_positive(args):
         raise DatasetError("--batch-p must be at least 2: in-batch mining needs other identities")
     if args.batch_k < 2:
         raise DatasetError("--batch-k must be at least 2: in-batch mining needs positives")
+    if not args.scale > 0:
+        raise DatasetError(f"--scale must be positive (the cosface softmax's inverse temperature), got {args.scale}")
 
 
 def _check_counts(data, names, k):
