@@ -3,8 +3,9 @@
     python bench/accuracy.py --data orl --folds 4
 
 Fold f holds out identities f*10+1 .. f*10+10 (in the data set's identity order); every
-model is fitted on the other identities only (the Siamese models also keep a few of
-those aside for early stopping). On the held-out images it scores all genuine pairs
+model is fitted on the other identities only (the Siamese models keep a few of those
+aside to choose the number of epochs, then train again on all of them, as
+`python -m training` does; `--no-refit` scores the early-stopped model). On the held-out images it scores all genuine pairs
 (ORL: 10 x 45 = 450) and all impostor pairs (4,500) and prints the exact EER (linear
 interpolation where FMR and FNMR cross, with counts at the nearest real threshold),
 the AUC and the fitting time, per fold and as a mean; the last line is JSON.
@@ -27,7 +28,7 @@ from bench.baselines import BASELINES  # noqa: E402
 from calibration.metrics import auc, eer  # noqa: E402
 from calibration.pairs import pair_comparisons  # noqa: E402
 from training.splits import default_validation, split_identities  # noqa: E402
-from training.trainer import TrainConfig, train  # noqa: E402
+from training.trainer import TrainConfig, refit, train  # noqa: E402
 from verifier.datasets import load_dataset  # noqa: E402
 from verifier.embedder import Embedder  # noqa: E402
 from verifier.profiles import get_profile, preprocess_batch  # noqa: E402
@@ -59,16 +60,22 @@ def parse_overrides(items):
     return out
 
 
-def run_siamese(loss, overrides, data, split, profile, verbose):
-    """Train one loss with its own default recipe (training.trainer), plus any --set overrides."""
+def run_siamese(loss, overrides, data, split, profile, verbose, refit_after=True):
+    """Train one loss with its own default recipe (training.trainer), plus any --set overrides,
+    then (as `python -m training` does) refit on the training and validation identities together."""
     train_set, val_set = data.subset(split.train), data.subset(split.validation)
     config = TrainConfig(**{"loss": loss, **overrides})
     result = train(config, preprocess_batch(train_set.images, profile), train_set.labels, profile,
                    val_images=preprocess_batch(val_set.images, profile), val_labels=val_set.labels,
                    verbose=verbose)
-    return Embedder(result.model, profile).embed_batch, result.training_seconds, {
+    final, seconds = result, result.training_seconds
+    if refit_after and result.best_validation_eer is not None:
+        both = data.subset(split.train + split.validation)
+        final = refit(config, result, preprocess_batch(both.images, profile), both.labels, profile, verbose=verbose)
+        seconds += final.training_seconds
+    return Embedder(final.model, profile).embed_batch, seconds, {
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-        "best_validation_eer": result.best_validation_eer}
+        "best_validation_eer": result.best_validation_eer, "refit": final is not result}
 
 
 def evaluate(embeddings, labels, metric):
@@ -91,6 +98,8 @@ def main(argv=None):
     p.add_argument("--validation-identities", type=int, default=None,
                    help="identities of each fold's training side kept for early stopping "
                         "(default: as python -m training; 0 trains on all of them for the full schedule)")
+    p.add_argument("--no-refit", dest="refit", action="store_false",
+                   help="evaluate the early-stopped model instead of the refit on training + validation identities")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", action="store_true", help="show training progress bars")
     args = p.parse_args(argv)
@@ -119,7 +128,8 @@ def main(argv=None):
         for model in models:
             extra = {}
             if model in SIAMESE:
-                embed, seconds, extra = run_siamese(SIAMESE[model], overrides, data, split, profile, args.verbose)
+                embed, seconds, extra = run_siamese(SIAMESE[model], overrides, data, split, profile, args.verbose,
+                                                     args.refit)
                 embeddings, metric = embed(test_x), "euclidean"
             else:
                 start = time.perf_counter()

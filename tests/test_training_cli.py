@@ -59,6 +59,25 @@ def test_embeddings_separate_the_identities(trained, faces):
     assert pairs.genuine.mean() < pairs.impostor.mean()
 
 
+def test_validation_chooses_the_epochs_then_the_model_is_refit_on_every_training_identity(trained):
+    recipe = load_bundle(trained).meta["recipe"]
+    refit = recipe["refit"]
+    assert sorted(refit["identities"]) == sorted(recipe["train_identities"] + recipe["validation_identities"])
+    assert refit["epochs"] == recipe["best_epoch"] and refit["steps"] == 10 * recipe["best_epoch"]
+    state = json.loads((trained / "checkpoint" / "refit" / "state.json").read_text())
+    assert state["epoch"] == recipe["best_epoch"] and state["best_eer"] is None  # no validation in the refit
+    assert state["signature"]["config"]["loss"] == recipe["loss"]
+
+
+def test_no_refit_keeps_the_early_stopped_model(faces, tmp_path, capsys):
+    out = tmp_path / "b"
+    assert main(["--data", str(faces), "--holdout-identities", "0", "--validation-identities", "2",
+                 "--epochs", "1", "--no-refit", "--out", str(out)] + FAST) == 0
+    assert "refit:" not in capsys.readouterr().out
+    assert load_bundle(out).meta["recipe"]["refit"] is None
+    assert not (out / "checkpoint" / "refit").exists()
+
+
 @pytest.mark.parametrize("loss", ["contrastive", "npair", "cosface"])
 def test_other_losses_train(loss, faces, tmp_path):
     out = tmp_path / "b"
@@ -103,7 +122,7 @@ def test_cosface_run_checkpoints_its_proxies_and_resumes_from_them(faces, tmp_pa
             "--loss", "cosface", "--out", str(tmp_path)] + FAST
     assert main(args + ["--epochs", "1"]) == 0
     with np.load(tmp_path / "checkpoint" / "extra.npz") as saved:
-        assert [saved[name].shape for name in saved.files] == [(64, 8)]  # one proxy per training identity
+        assert [saved[name].shape for name in saved.files] == [(128, 8)]  # one proxy per training identity
     assert main(args + ["--epochs", "2", "--resume"]) == 0
     assert "resuming from" in capsys.readouterr().out
     assert load_bundle(tmp_path).meta["recipe"]["loss"] == "cosface"
@@ -193,8 +212,9 @@ def test_same_seed_gives_the_same_weights():
 
 def test_each_loss_gets_its_own_measured_defaults_unless_told():
     cosface, triplet = TrainConfig(), TrainConfig(loss="triplet")
-    assert (cosface.loss, cosface.augment, cosface.epochs, cosface.margin, cosface.mining) == (
-        "cosface", "robust", 20, 0.3, None)
-    assert (triplet.augment, triplet.epochs, triplet.margin, triplet.mining) == ("none", 10, 0.2, "batch-all")
-    told = TrainConfig(loss="triplet", augment="robust", epochs=3, margin=0.5)
-    assert (told.augment, told.epochs, told.margin) == ("robust", 3, 0.5)
+    assert (cosface.loss, cosface.augment, cosface.epochs, cosface.margin, cosface.mining,
+            cosface.embedding_size, cosface.scale) == ("cosface", "robust", 20, 0.35, None, 128, 30.0)
+    assert (triplet.augment, triplet.epochs, triplet.margin, triplet.mining, triplet.embedding_size) == (
+        "none", 10, 0.2, "batch-all", 64)
+    told = TrainConfig(loss="triplet", augment="robust", epochs=3, margin=0.5, embedding_size=32)
+    assert (told.augment, told.epochs, told.margin, told.embedding_size) == ("robust", 3, 0.5, 32)

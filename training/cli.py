@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 
 from training.augment import LEVELS  # noqa: E402
 from training.splits import default_holdout, default_validation, parse_holdout, split_identities  # noqa: E402
-from training.trainer import DEFAULT_MINING, LOSSES, MINING, TrainConfig, train  # noqa: E402
+from training.trainer import DEFAULT_MINING, LOSSES, MINING, TrainConfig, refit, train  # noqa: E402
 from training.towers import TOWERS  # noqa: E402
 from verifier.bundle import METRICS, save_bundle  # noqa: E402
 from verifier.datasets import load_dataset  # noqa: E402
@@ -48,12 +48,12 @@ def build_parser():
     model.add_argument("--loss", choices=LOSSES, default=DEFAULTS.loss)
     model.add_argument("--mining", choices=MINING, default=DEFAULT_MINING, help="triplet mining")
     model.add_argument("--margin", type=float, default=None,
-                       help="loss margin (default: 1.0 contrastive, 0.2 triplet, 0.3 cosface (in cosine))")
+                       help="loss margin (default: 1.0 contrastive, 0.2 triplet, 0.35 cosface (in cosine))")
     model.add_argument("--scale", type=float, default=DEFAULTS.scale,
                        help="cosface: scale of the cosines in the softmax (inverse temperature)")
     model.add_argument("--soft-margin", action="store_true", help="triplet: softplus instead of a hinge")
     model.add_argument("--tower", choices=TOWERS, default=DEFAULTS.tower)
-    model.add_argument("--embedding-size", type=int, default=DEFAULTS.embedding_size)
+    model.add_argument("--embedding-size", type=int, default=None, help="default: 128 for cosface, 64 for the other losses")
     model.add_argument("--dropout", type=float, default=DEFAULTS.dropout)
     model.add_argument("--metric", choices=METRICS, default="euclidean",
                        help="distance recorded in the bundle (embeddings are L2-normalised)")
@@ -74,6 +74,9 @@ def build_parser():
     opt.add_argument("--patience", type=int, default=DEFAULTS.patience,
                      help="epochs without a better validation EER before stopping (the best epoch "
                           "is chosen from the second half of the schedule)")
+    opt.add_argument("--no-refit", dest="refit", action="store_false",
+                     help="keep the early-stopped model instead of training again on the training and "
+                          "validation identities together for the epochs early stopping chose")
     opt.add_argument("--seed", type=int, default=DEFAULTS.seed)
     run = p.add_argument_group("output")
     run.add_argument("--out", required=True, help="bundle directory to write")
@@ -155,22 +158,36 @@ def run(args):
     out = Path(args.out)
     identity = {"dataset": data.fingerprint, "split": [split.train, split.validation, split.holdout],
                 "profile": profile.to_dict()}
+    checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else out / "checkpoint"
     result = train(config, preprocess_batch(train_images, profile), train_labels, profile, metric=args.metric,
-                   checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else out / "checkpoint",
-                   resume=args.resume, identity=identity, verbose=not args.quiet, **val)
+                   checkpoint_dir=checkpoint_dir, resume=args.resume, identity=identity, verbose=not args.quiet,
+                   **val)
+    final, refitted = result, None
+    if args.refit and result.best_validation_eer is not None:
+        names = split.train + split.validation
+        images, labels = _genuine(data.subset(names))
+        print(f"refit: training again on all {len(names)} training and validation identities for the "
+              f"{result.best_epoch} epochs early stopping chose (--no-refit keeps the early-stopped model)")
+        final = refit(config, result, preprocess_batch(images, profile), labels, profile,
+                      checkpoint_dir=checkpoint_dir / "refit", resume=args.resume,
+                      identity={**identity, "refit": True}, verbose=not args.quiet)
+        refitted = {"identities": names, "epochs": final.epochs_run, "steps": final.steps,
+                    "training_seconds": final.training_seconds}
+    seconds = result.training_seconds + (refitted["training_seconds"] if refitted else 0)
     recipe = dict(
         loss=config.loss, mining=config.mining, margin=config.margin, epochs=result.epochs_run,
         steps=result.steps, seed=config.seed, tower=config.tower, embedding_size=config.embedding_size,
         dataset={"name": data.name, "fingerprint": data.fingerprint, "spec": args.data},
         train_identities=split.train, validation_identities=split.validation,
         holdout_identities=split.holdout, best_validation_eer=result.best_validation_eer,
-        best_epoch=result.best_epoch, training_seconds=result.training_seconds,
-        flip_tta=result.model is not result.tower, hyperparameters=config.to_dict(),
+        best_epoch=result.best_epoch, refit=refitted, training_seconds=round(seconds, 1),
+        flip_tta=final.model is not final.tower, hyperparameters=config.to_dict(),
         history=result.history)
-    bundle_id = save_bundle(out, result.model, profile=profile, metric=args.metric, recipe=recipe)
+    bundle_id = save_bundle(out, final.model, profile=profile, metric=args.metric, recipe=recipe)
     best = "n/a" if result.best_validation_eer is None else f"{100 * result.best_validation_eer:.2f}%"
-    print(f"wrote bundle {bundle_id} to {out} (best validation EER {best} at epoch {result.best_epoch}, "
-          f"{result.training_seconds:.0f} s)")
+    how = f", refit on {len(refitted['identities'])} identities" if refitted else ""
+    print(f"wrote bundle {bundle_id} to {out} (best validation EER {best} at epoch {result.best_epoch}{how}, "
+          f"{seconds:.0f} s)")
     return 0
 
 

@@ -113,7 +113,7 @@ def npair_loss(embeddings, p, k, temperature=0.2):
     return total / (k // 2)
 
 
-def cosface_loss(embeddings, labels, proxies, scale=16.0, margin=0.3):
+def cosface_loss(embeddings, labels, proxies, scale=30.0, margin=0.35):
     """Large-margin cosine softmax (CosFace; Wang et al. 2018) over the training identities.
 
     `proxies` is a trainable (D, C) matrix, one column per training identity; `labels`
