@@ -49,12 +49,13 @@ class TrainConfig:
     """Every choice that shapes the trained weights (recorded in the bundle's recipe).
 
     The defaults are the best recipe measured on held-out ORL identities within the time
-    budget (bench/accuracy.py, 4 folds): CosFace (scale 16, margin 0.3) over the training
-    identities, 64-d embeddings, 2,000 steps of 16 x 4 PK batches with the `robust`
+    budget (bench/accuracy.py, 4 folds): CosFace (scale 30, margin 0.35) over the training
+    identities, 128-d embeddings, 2,000 steps of 16 x 4 PK batches with the `robust`
     augmentation (light geometry, side light, occlusion), cosine-decayed AdamW and
-    mirror-averaged embeddings: 6.4% mean EER, against 9.7% for the best triplet recipe
-    (batch-all, margin 0.2, no augmentation, 1,000 steps). `margin`, `augment` and
-    `epochs` left as None take the loss's own default; `mining` only applies to triplet.
+    mirror-averaged embeddings, then a refit (`refit`): 5.2% mean EER, against 9.7% for the
+    best triplet recipe (batch-all, margin 0.2, no augmentation, 1,000 steps). `margin`,
+    `augment`, `epochs` and `embedding_size` left as None take the loss's own default;
+    `mining` only applies to triplet.
     """
 
     loss: str = "cosface"
