@@ -5,10 +5,11 @@
 Fold f holds out identities f*10+1 .. f*10+10 (in the data set's identity order); every
 model is fitted on the other identities only (the Siamese models keep a few of those
 aside to choose the number of epochs, then train again on all of them, as
-`python -m training` does; `--no-refit` scores the early-stopped model). On the held-out images it scores all genuine pairs
-(ORL: 10 x 45 = 450) and all impostor pairs (4,500) and prints the exact EER (linear
-interpolation where FMR and FNMR cross, with counts at the nearest real threshold),
-the AUC and the fitting time, per fold and as a mean; the last line is JSON.
+`python -m training` does; `--no-refit` scores the early-stopped model). On the held-out
+images it scores all genuine pairs (ORL: 10 x 45 = 450) and all impostor pairs (4,500)
+and prints the exact EER (linear interpolation where FMR and FNMR cross, with counts at
+the nearest real threshold), the AUC and the fitting time, per fold and as a mean; the
+last line is JSON.
 """
 
 import argparse

@@ -59,14 +59,25 @@ def test_embeddings_separate_the_identities(trained, faces):
     assert pairs.genuine.mean() < pairs.impostor.mean()
 
 
+def _first_kernel(checkpoint_dir):
+    with np.load(checkpoint_dir / "best.npz") as saved:
+        return saved["arr_0"]
+
+
 def test_validation_chooses_the_epochs_then_the_model_is_refit_on_every_training_identity(trained):
-    recipe = load_bundle(trained).meta["recipe"]
+    bundle = load_bundle(trained)
+    recipe = bundle.meta["recipe"]
     refit = recipe["refit"]
     assert sorted(refit["identities"]) == sorted(recipe["train_identities"] + recipe["validation_identities"])
     assert refit["epochs"] == recipe["best_epoch"] and refit["steps"] == 10 * recipe["best_epoch"]
-    state = json.loads((trained / "checkpoint" / "refit" / "state.json").read_text())
+    refit_dir = trained / "checkpoint" / f"refit-{recipe['best_epoch']}"
+    state = json.loads((refit_dir / "state.json").read_text())
     assert state["epoch"] == recipe["best_epoch"] and state["best_eer"] is None  # no validation in the refit
     assert state["signature"]["config"]["loss"] == recipe["loss"]
+    # the bundle holds the refit tower, not the early-stopped one
+    shipped = bundle.model.get_weights()
+    assert any(np.array_equal(w, _first_kernel(refit_dir)) for w in shipped)
+    assert not any(np.array_equal(w, _first_kernel(trained / "checkpoint")) for w in shipped)
 
 
 def test_no_refit_keeps_the_early_stopped_model(faces, tmp_path, capsys):
@@ -75,7 +86,7 @@ def test_no_refit_keeps_the_early_stopped_model(faces, tmp_path, capsys):
                  "--epochs", "1", "--no-refit", "--out", str(out)] + FAST) == 0
     assert "refit:" not in capsys.readouterr().out
     assert load_bundle(out).meta["recipe"]["refit"] is None
-    assert not (out / "checkpoint" / "refit").exists()
+    assert not list((out / "checkpoint").glob("refit*"))
 
 
 @pytest.mark.parametrize("loss", ["contrastive", "npair", "cosface"])

@@ -53,7 +53,8 @@ def build_parser():
                        help="cosface: scale of the cosines in the softmax (inverse temperature)")
     model.add_argument("--soft-margin", action="store_true", help="triplet: softplus instead of a hinge")
     model.add_argument("--tower", choices=TOWERS, default=DEFAULTS.tower)
-    model.add_argument("--embedding-size", type=int, default=None, help="default: 128 for cosface, 64 for the other losses")
+    model.add_argument("--embedding-size", type=int, default=None,
+                       help="default: 128 for cosface, 64 for the other losses")
     model.add_argument("--dropout", type=float, default=DEFAULTS.dropout)
     model.add_argument("--metric", choices=METRICS, default="euclidean",
                        help="distance recorded in the bundle (embeddings are L2-normalised)")
@@ -168,8 +169,9 @@ def run(args):
         images, labels = _genuine(data.subset(names))
         print(f"refit: training again on all {len(names)} training and validation identities for the "
               f"{result.best_epoch} epochs early stopping chose (--no-refit keeps the early-stopped model)")
+        # keyed by the epoch count: a resume whose early stopping chose differently starts a fresh refit
         final = refit(config, result, preprocess_batch(images, profile), labels, profile,
-                      checkpoint_dir=checkpoint_dir / "refit", resume=args.resume,
+                      checkpoint_dir=checkpoint_dir / f"refit-{result.best_epoch}", resume=args.resume,
                       identity={**identity, "refit": True}, verbose=not args.quiet)
         refitted = {"identities": names, "epochs": final.epochs_run, "steps": final.steps,
                     "training_seconds": final.training_seconds}
