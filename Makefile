@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BUNDLE ?= bundles/default
 PORT ?= 8000
+# ORL people kept out of training for calibration (dev + eval); see the README on 10 vs 20
+HOLDOUT ?= 10
 
 .PHONY: setup serve test test-slow bundle bench
 
@@ -15,9 +17,9 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	touch $@
 
 # The default bundle ships in the repo (tests re-check its recorded metrics); this rebuilds it
-# from scratch on ORL: train on 30 identities, calibrate on the 10 held out.
+# from scratch on ORL: train on 40 - HOLDOUT identities, calibrate on the HOLDOUT held out.
 bundle: setup
-	$(PY) -m training --data orl --holdout-identities 10 --seed 0 --out $(BUNDLE)
+	$(PY) -m training --data orl --holdout-identities $(HOLDOUT) --seed 0 --out $(BUNDLE)
 	$(PY) -m calibration --bundle $(BUNDLE) --data orl --policy eer --report reports/default
 
 $(BUNDLE)/calibration.json:

@@ -1,13 +1,15 @@
 """Does a threshold chosen on dev identities hold on eval identities, and is the confidence calibrated?
 
     python bench/calibration.py [--bundle bundles/default] [--seed 0] [--splits 10] [--bootstrap 1000]
+        [--confidence logistic|isotonic]
 
 On ORL identities the bundle never trained on (its held-out ones when it trained on ORL):
 the `fmr=0.01` policy chooses the threshold on dev pairs; the eval FMR at that threshold is
 reported with its identity-bootstrap 95% interval, with whether the 1% target lies inside it
-and whether it lies inside the dev interval; and the ECE of the logistic confidence on eval
-pairs (goal <= 0.03). ORL holds out only 10 people, so one dev/eval split (5 + 5) is a
-noisy draw: the headline is split seed `--seed`, and `--splits` further seeds show the spread.
+and whether it lies inside the dev interval; and the ECE of the confidence (logistic unless
+`--confidence`) on eval pairs (goal <= 0.03). ORL holds out only 10 people, so one dev/eval
+split (5 + 5) is a noisy draw: the headline is split seed `--seed`, and `--splits` further
+seeds show the spread.
 Nothing is written into the bundle. The last line is one JSON object.
 """
 
@@ -21,6 +23,7 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the repo, not bench/ (whose calibration.py this is)
 
 from calibration.cli import build_parser, run_bundle  # noqa: E402
+from calibration.confidence import CALIBRATORS  # noqa: E402
 from calibration.policies import parse_policy  # noqa: E402
 from verifier.errors import VerifierError  # noqa: E402
 
@@ -36,10 +39,11 @@ def _pct(interval):
     return "n/a" if interval is None else f"[{100 * interval[0]:.2f}%, {100 * interval[1]:.2f}%]"
 
 
-def one_split(bundle, seed, bootstrap):
+def one_split(bundle, seed, bootstrap, confidence):
     """Calibrate at POLICY with one split seed; returns (summary, figures)."""
     args = build_parser().parse_args(["--bundle", bundle, "--data", "orl", "--policy", POLICY, "--dry-run",
-                                      "--seed", str(seed), "--bootstrap", str(bootstrap)])
+                                      "--seed", str(seed), "--bootstrap", str(bootstrap),
+                                      "--confidence", confidence])
     summary, _ = run_bundle(args, parse_policy(POLICY))
     dev, evaluation = summary["metrics"]["dev"], summary["metrics"]["eval"]
     target = parse_policy(POLICY).target
@@ -63,10 +67,12 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="the headline split seed")
     p.add_argument("--splits", type=int, default=10, help="split seeds in all (seed, seed+1, ...)")
     p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--confidence", choices=sorted(CALIBRATORS), default="logistic")
     opts = p.parse_args(argv)
     start = time.perf_counter()
     try:
-        runs = [one_split(opts.bundle, opts.seed + k, opts.bootstrap) for k in range(max(1, opts.splits))]
+        runs = [one_split(opts.bundle, opts.seed + k, opts.bootstrap, opts.confidence)
+                for k in range(max(1, opts.splits))]
     except VerifierError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
@@ -88,6 +94,7 @@ def main(argv=None):
     eces = [r["eval_ece"] for _, r in runs]
     result = {
         "bench": "calibration", "bundle_id": summary["bundle"]["bundle_id"], "data": "orl", "policy": POLICY,
+        "confidence": opts.confidence,
         "identities": summary["sizes"]["identities"], "bootstrap": opts.bootstrap, **head,
         "ece_goal": ECE_GOAL, "ece_ok": head["eval_ece"] <= ECE_GOAL,
         "splits": len(runs), "target_in_eval_ci_splits": sum(r["target_in_eval_ci"] for _, r in runs),
