@@ -67,7 +67,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="the headline split seed")
     p.add_argument("--splits", type=int, default=10, help="split seeds in all (seed, seed+1, ...)")
     p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--confidence", choices=sorted(CALIBRATORS), default="logistic")
+    p.add_argument("--confidence", choices=sorted(CALIBRATORS), default=build_parser().get_default("confidence"),
+                   help="map from distance to P(same) whose eval ECE is judged (default: as python -m calibration)")
     opts = p.parse_args(argv)
     start = time.perf_counter()
     try:
