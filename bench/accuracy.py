@@ -10,6 +10,15 @@ images it scores all genuine pairs (ORL: 10 x 45 = 450) and all impostor pairs (
 and prints the exact EER (linear interpolation where FMR and FNMR cross, with counts at
 the nearest real threshold), the AUC and the fitting time, per fold and as a mean; the
 last line is JSON.
+
+Face data (ORL, a folder of face photos) adds the face pipeline's rows: faces detected and
+aligned once (verifier.acquisition; images with no face are failures to acquire, counted
+and left out of that model's pairs), then dlib's pretrained ResNet as it is
+(`face-resnet`), and fine-tuned on the fold's training people with triplet or contrastive
+(`face-resnet-triplet`, `face-resnet-contrastive`, settings from --set as for the small
+CNN). `dlib` is face_recognition's own pipeline (bench/dlib_face.py), measured in the same
+run when `dlib-bin` and `face-recognition-models` are installed (requirements-bench.txt).
+The small CNN and the classical baselines keep the `face-small` profile.
 """
 
 import argparse
@@ -25,17 +34,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from bench import dlib_face  # noqa: E402
 from bench.baselines import BASELINES  # noqa: E402
 from calibration.metrics import auc, eer  # noqa: E402
 from calibration.pairs import pair_comparisons  # noqa: E402
 from training.splits import default_validation, split_identities  # noqa: E402
+from training.towers import PRETRAINED, build_tower  # noqa: E402
 from training.trainer import TrainConfig, refit, train  # noqa: E402
+from verifier.acquisition import acquire_dataset, chip_profile  # noqa: E402
 from verifier.datasets import load_dataset  # noqa: E402
 from verifier.embedder import Embedder  # noqa: E402
 from verifier.profiles import get_profile, preprocess_batch  # noqa: E402
 
 SIAMESE = {"siamese-contrastive": "contrastive", "siamese-triplet": "triplet", "siamese-cosface": "cosface"}
-MODELS = tuple(SIAMESE) + tuple(BASELINES)
+FACE = {"face-resnet": None, "face-resnet-triplet": "triplet", "face-resnet-contrastive": "contrastive"}
+MODELS = tuple(FACE) + ("dlib",) + tuple(SIAMESE) + tuple(BASELINES)
 
 
 def parse_overrides(items):
@@ -79,6 +92,21 @@ def run_siamese(loss, overrides, data, split, profile, verbose, refit_after=True
         "best_validation_eer": result.best_validation_eer, "refit": final is not result}
 
 
+def run_face_resnet(loss, overrides, faces, split, profile, verbose, refit_after=True):
+    """The pretrained face tower as it is (loss None), or fine-tuned on the fold's training people."""
+    if loss is None:
+        tower = build_tower("face-resnet", profile.input_shape, PRETRAINED["face-resnet"])
+        return Embedder(tower, profile).embed_batch, 0.0, {}
+    return run_siamese(loss, {"tower": "face-resnet", **overrides}, faces, split, profile, verbose, refit_after)
+
+
+def run_dlib(images):
+    """dlib's embeddings of `images` and which of them had a face found (failures to acquire)."""
+    start = time.perf_counter()
+    embeddings, found = dlib_face.DlibFacePipeline().embed(images)
+    return embeddings, found, time.perf_counter() - start
+
+
 def evaluate(embeddings, labels, metric):
     """EER, the operating point at its threshold (with counts) and AUC over all held-out pairs."""
     pairs = pair_comparisons(embeddings, labels, np.zeros(len(labels), bool), metric)
@@ -110,7 +138,20 @@ def main(argv=None):
         raise SystemExit(f"unknown models: {', '.join(unknown)}")
     overrides = {"seed": args.seed, **parse_overrides(args.set)}
     data = load_dataset(args.data, strict=True)
-    profile = get_profile(data.profile)
+    face_data = data.profile == "face"
+    profile = get_profile("face-small" if face_data else data.profile)
+    if not face_data:
+        models = [m for m in models if m not in FACE and m != "dlib"]
+    elif "dlib" in models and not dlib_face.available():
+        print("skipping dlib: dlib-bin and face-recognition-models are not installed "
+              "(pip install -r requirements-bench.txt)")
+        models.remove("dlib")
+    faces, face_profile = None, chip_profile(get_profile("face"))
+    if any(m in FACE for m in models):
+        start = time.perf_counter()
+        faces, failed = acquire_dataset(data, get_profile("face"))
+        print(f"faces: detected and aligned in {len(faces)} of {len(data)} images "
+              f"({len(failed)} failures to acquire), {1000 * (time.perf_counter() - start) / len(data):.1f} ms an image")
     folds = range(1, args.folds + 1) if args.only_folds is None else [int(f) for f in args.only_folds.split(",")]
     if args.folds * args.per_fold > len(data.identities) or args.per_fold + 4 > len(data.identities):
         raise SystemExit(f"{len(data.identities)} identities cannot make {args.folds} folds of {args.per_fold}")
@@ -127,8 +168,19 @@ def main(argv=None):
         fit = data.subset(split.train + split.validation)  # baselines: every non-held-out identity
         fit_x = preprocess_batch(fit.images, profile)
         for model in models:
-            extra = {}
-            if model in SIAMESE:
+            extra, labels = {}, test.labels
+            if model in FACE:
+                embed, seconds, extra = run_face_resnet(FACE[model], overrides, faces, split, face_profile,
+                                                        args.verbose, args.refit)
+                held_faces = faces.subset(held)
+                embeddings, metric, labels = embed(preprocess_batch(held_faces.images, face_profile)), \
+                    "euclidean", held_faces.labels
+                extra["failures_to_acquire"] = len(test) - len(held_faces)
+            elif model == "dlib":
+                embeddings, found, seconds = run_dlib(test.images)
+                embeddings, metric, labels = embeddings[found], "euclidean", test.labels[found]
+                extra = {"failures_to_acquire": int((~found).sum())}
+            elif model in SIAMESE:
                 embed, seconds, extra = run_siamese(SIAMESE[model], overrides, data, split, profile, args.verbose,
                                                      args.refit)
                 embeddings, metric = embed(test_x), "euclidean"
@@ -136,14 +188,15 @@ def main(argv=None):
                 start = time.perf_counter()
                 embeddings, metric = BASELINES[model](fit_x, fit.labels, test_x), "cosine"
                 seconds = time.perf_counter() - start
-            result, point, area = evaluate(embeddings, test.labels, metric)
+            result, point, area = evaluate(embeddings, labels, metric)
             results[model][fold] = {"eer": result.value, "auc": area, "seconds": round(seconds, 1),
                                     "false_matches": point.fmr.errors, "impostor": point.fmr.total,
                                     "false_non_matches": point.fnmr.errors, "genuine": point.fnmr.total,
                                     **extra}
             counts = f"(FMR {point.fmr.errors}/{point.fmr.total}, FNMR {point.fnmr.errors}/{point.fnmr.total})"
-            print(f"fold {fold} ({held[0]}..{held[-1]})  {model:20s} EER {100 * result.value:.2f}% {counts:30s} "
-                  f"AUC {area:.4f}  fit {seconds:6.1f} s", flush=True)
+            fta = f"  no face {extra['failures_to_acquire']}" if "failures_to_acquire" in extra else ""
+            print(f"fold {fold} ({held[0]}..{held[-1]})  {model:24s} EER {100 * result.value:.2f}% {counts:30s} "
+                  f"AUC {area:.4f}  fit {seconds:6.1f} s{fta}", flush=True)
     print("\nmean over folds " + ",".join(str(f) for f in folds))
     summary = {}
     for model in models:
@@ -154,7 +207,7 @@ def main(argv=None):
         summary[model] = {"mean_eer": mean_eer, "mean_auc": mean_auc, "mean_fit_seconds": round(seconds, 1),
                           "folds": {str(k): v for k, v in per_fold.items()}}
         folds_text = " / ".join(f"{100 * r['eer']:.2f}" for r in per_fold.values())
-        print(f"  {model:20s} EER {100 * mean_eer:5.2f}%  ({folds_text})  AUC {mean_auc:.4f}  "
+        print(f"  {model:24s} EER {100 * mean_eer:5.2f}%  ({folds_text})  AUC {mean_auc:.4f}  "
               f"fit {seconds:.1f} s per fold")
     print(json.dumps({"data": data.name, "fingerprint": data.fingerprint, "folds": list(folds),
                       "per_fold": args.per_fold, "validation_identities": args.validation_identities,

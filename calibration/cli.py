@@ -231,12 +231,29 @@ def _protocol_text(why, dev_names, eval_names, sampling, image_note, metric, pol
 
 
 def _embed(bundle_dir, meta, images):
+    """(embeddings of the images acquired, which were acquired): a face profile's images with
+    no face found are failures to acquire, left out of every comparison and counted."""
+    from verifier.acquisition import acquire
     from verifier.bundle import load_model
     from verifier.embedder import Embedder
     from verifier.profiles import Profile
 
-    _log(f"embedding {len(images)} images with bundle {meta['bundle_id']}")
-    return Embedder(load_model(bundle_dir, meta), Profile.from_dict(meta["profile"])).embed_images(images)
+    profile = Profile.from_dict(meta["profile"])
+    _log(f"embedding {len(images)} images with bundle {meta['bundle_id']}"
+         + (f" (detecting and aligning faces: {profile.detector})" if profile.detector else ""))
+    acquired = acquire(images, profile)
+    if acquired.failed:
+        _log(f"no face found in {len(acquired.failed)} of {len(images)} images (failures to acquire)")
+    return Embedder(load_model(bundle_dir, meta), profile).embed_batch(acquired.inputs), acquired.acquired
+
+
+def _failure_to_acquire(acquired, parts):
+    """Failures to acquire with their counts: overall, dev and eval (ISO/IEC 19795-1 FTA)."""
+    def rate(mask):
+        total, failed = int(len(mask)), int((~mask).sum())
+        return {"failed": failed, "images": total, "rate": failed / total if total else 0.0}
+
+    return {"all": rate(acquired), "dev": rate(acquired[parts[0]]), "eval": rate(acquired[parts[1]])}
 
 
 def _pairs(emb, labels, forged, rows, metric, args):
@@ -298,7 +315,11 @@ def run_bundle(args, policy):
     names_of = np.array(held.identities)
     parts = [np.flatnonzero(np.isin(names_of[labels], part)) for part in (dev_names, eval_names)]
     _preflight(labels, forged, parts, policy, args)
-    emb = _embed(args.bundle, meta, [held.images[i] for i in rows])
+    emb, acquired = _embed(args.bundle, meta, [held.images[i] for i in rows])
+    failure_to_acquire = _failure_to_acquire(acquired, parts)
+    rows, labels, forged = rows[acquired], labels[acquired], forged[acquired]
+    parts = [np.flatnonzero(np.isin(names_of[labels], part)) for part in (dev_names, eval_names)]
+    _preflight(labels, forged, parts, policy, args)
     metric = meta["metric"]
     _log(f"scoring pairs of {len(dev_names)} dev and {len(eval_names)} eval identities ({metric} distance)")
     dev, evaluation = (_pairs(emb, labels, forged, part, metric, args) for part in parts)
@@ -322,7 +343,7 @@ def run_bundle(args, policy):
     calibration = {
         "policy": section["policy"], "threshold": section["threshold"], "metric": metric,
         "confidence": section["confidence"], "operating_points": section["operating_points"],
-        "metrics": section["metrics"], "sizes": sizes,
+        "metrics": section["metrics"], "sizes": sizes, "failure_to_acquire": failure_to_acquire,
         "identities": {"dev": dev_names, "eval": eval_names},
         "protocol": _protocol_text(why, dev_names, eval_names, sampling, image_note, metric, policy, args,
                                    fusion is not None),

@@ -71,6 +71,11 @@ def _reliability_lines(name, m):
 def text_summary(summary):
     """The readable terminal summary of a summary dict."""
     lines = [f"calibration of {summary['source']}", f"protocol: {summary['protocol']}", ""]
+    fta = summary.get("failure_to_acquire")
+    if fta:
+        lines += [f"failure to acquire (no face found): " + ", ".join(
+            f"{name} {100 * part['rate']:.2f}% ({part['failed']}/{part['images']})"
+            for name, part in fta.items()) + "; those images are in no comparison", ""]
     lines += _section_lines("pair verification", summary)
     shown = "eval" if summary["metrics"]["eval"] else "dev"
     lines += _reliability_lines(shown, summary["metrics"][shown])

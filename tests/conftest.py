@@ -37,7 +37,7 @@ def tiny_tower(profile, embedding_size=8, seed=0):
 def tiny_bundle(tmp_path_factory):
     """An uncalibrated face-profile bundle with a random tiny tower."""
     path = tmp_path_factory.mktemp("bundle") / "tiny"
-    profile = get_profile("face")
+    profile = get_profile("face-small")
     save_bundle(path, tiny_tower(profile), profile=profile, metric="euclidean",
                 recipe={"loss": "none", "seed": 0, "dataset": {"name": "synthetic"},
                         "train_identities": [], "validation_identities": [], "holdout_identities": []})

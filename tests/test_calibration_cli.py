@@ -23,7 +23,7 @@ FAST = ["--bootstrap", "50"]
 
 @pytest.fixture(scope="module")
 def tower():
-    return tiny_tower(get_profile("face"))
+    return tiny_tower(get_profile("face-small"))
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def faces(tmp_path_factory):
 
 
 def _bundle(path, tower, *, train=("trainA", "trainB"), holdout=(), fingerprint="other-data"):
-    profile = get_profile("face")
+    profile = get_profile("face-small")
     save_bundle(path, tower, profile=profile, metric="euclidean",
                 recipe={"loss": "none", "seed": 0, "dataset": {"name": "x", "fingerprint": fingerprint, "spec": "x"},
                         "train_identities": list(train), "validation_identities": [],

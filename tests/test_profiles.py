@@ -20,14 +20,14 @@ def test_every_profile_gives_its_input_shape(name, shape):
 
 def test_standardize_gives_zero_mean_unit_variance_and_unit_stays_in_range():
     image = np.random.default_rng(1).integers(0, 256, (112, 92, 1), dtype=np.uint8)
-    face = preprocess(image, get_profile("face"))
+    face = preprocess(image, get_profile("face-small"))
     assert abs(face.mean()) < 1e-4 and abs(face.std() - 1) < 1e-3
     product = preprocess(image, get_profile("product"))
     assert product.min() >= 0 and product.max() <= 1
 
 
 def test_flat_image_does_not_divide_by_zero():
-    out = preprocess(np.full((60, 50, 1), 128, np.uint8), get_profile("face"))
+    out = preprocess(np.full((60, 50, 1), 128, np.uint8), get_profile("face-small"))
     assert np.isfinite(out).all() and np.allclose(out, 0)
 
 
@@ -50,7 +50,7 @@ def test_blank_signature_is_returned_whole():
 
 def test_batch_and_profile_round_trip():
     images = [np.zeros((112, 92, 1), np.uint8), np.full((50, 40, 3), 200, np.uint8)]
-    assert preprocess_batch(images, get_profile("face")).shape == (2, 56, 46, 1)
+    assert preprocess_batch(images, get_profile("face-small")).shape == (2, 56, 46, 1)
     profile = get_profile("signature")
     assert Profile.from_dict(profile.to_dict()) == profile
     with pytest.raises(ValueError, match="known"):

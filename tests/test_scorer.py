@@ -115,7 +115,7 @@ def test_identity_fields(scorer, calibrated_bundle):
     calibration = json.loads((calibrated_bundle / "calibration.json").read_text())
     assert scorer.calibration_id == calibration["calibration_id"]
     assert scorer.bundle_id == calibration["bundle_id"]
-    assert scorer.profile.name == "face" and scorer.metric == "euclidean"
+    assert scorer.profile.name == "face-small" and scorer.metric == "euclidean"
 
 
 def test_decide_uses_the_calibrated_threshold(scorer):

@@ -53,7 +53,7 @@ def test_same_image_twice_is_same_at_distance_zero(service, faces, calibration):
     assert body["decision"] == "same" and body["distance"] == pytest.approx(0.0, abs=1e-5)
     assert body["model"] == calibration["bundle_id"]
     assert body["calibration_id"] == calibration["calibration_id"]
-    assert body["profile"] == "face" and body["backend"].startswith("tflite")
+    assert body["profile"] == "face-small" and body["backend"].startswith("tflite")
     assert set(body["timings_ms"]) == {"decode", "embed", "decide", "total"}
 
 

@@ -18,7 +18,7 @@ from verifier.datasets import load_folder
 from verifier.embedder import Embedder
 from verifier.profiles import get_profile, preprocess_batch
 
-FAST = ["--steps-per-epoch", "10", "--batch-p", "4", "--batch-k", "3", "--quiet"]
+FAST = ["--steps-per-epoch", "10", "--batch-p", "4", "--batch-k", "3", "--quiet", "--profile", "face-small"]
 RECIPE_KEYS = {"loss", "mining", "margin", "epochs", "steps", "seed", "tower", "embedding_size", "dataset",
                "train_identities", "validation_identities", "holdout_identities", "best_validation_eer",
                "training_seconds"}
@@ -112,7 +112,7 @@ def test_resume_continues_from_the_checkpoint(faces, tmp_path, capsys):
 
 def test_checkpoint_restores_cosface_proxies_with_the_tower_and_optimizer(tmp_path):
     """cosface's class proxies live outside the tower; a resumed run must get them back."""
-    profile = get_profile("face")
+    profile = get_profile("face-small")
     tower = build_tower("small", profile.input_shape, 8)
     proxies = tf.Variable(np.random.default_rng(0).normal(size=(8, 5)).astype(np.float32))
     optimizer = keras.optimizers.AdamW(1e-3)
@@ -212,7 +212,7 @@ def test_signature_layout_trains_without_flips(tmp_path):
 
 
 def test_same_seed_gives_the_same_weights():
-    profile = get_profile("face")
+    profile = get_profile("face-small")
     images = identity_images(5, 4)
     x = preprocess_batch([image for group in images.values() for image in group], profile)
     y = np.repeat(np.arange(5), 4)

@@ -105,7 +105,13 @@ def _random_erase(images, probability, seed, max_fraction=0.4):
 
 
 def augment_batch(images, seed, aug, normalize):
-    """Augment a (B, H, W, C) float32 batch; `seed` is a shape-(2,) int tensor."""
+    """Augment a (B, H, W, C) float32 batch; `seed` is a shape-(2,) int tensor.
+
+    A profile with normalize "none" (0-255 input) is augmented in [0, 1] and scaled back,
+    so the same amounts mean the same change for every profile.
+    """
+    pixel_scale = 255.0 if normalize == "none" else 1.0
+    images = images / pixel_scale
     shape = tf.shape(images)
     batch, height, width = shape[0], shape[1], shape[2]
     keys = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 7)
@@ -141,4 +147,4 @@ def augment_batch(images, seed, aug, normalize):
         images = (images - mean) / tf.maximum(tf.sqrt(var), 1e-3)
     else:
         images = tf.clip_by_value(images, 0.0, 1.0)
-    return images
+    return images * pixel_scale

@@ -17,8 +17,9 @@ import numpy as np  # noqa: E402
 
 from training.augment import LEVELS  # noqa: E402
 from training.splits import default_holdout, default_validation, parse_holdout, split_identities  # noqa: E402
-from training.trainer import DEFAULT_MINING, LOSSES, MINING, TrainConfig, refit, train  # noqa: E402
-from training.towers import TOWERS  # noqa: E402
+from training.trainer import DEFAULT_MINING, LOSSES, MINING, PRETRAINED_EPOCHS, TrainConfig, refit, train  # noqa: E402
+from training.towers import PRETRAINED, TOWERS  # noqa: E402
+from verifier.acquisition import acquire_dataset, chip_profile  # noqa: E402
 from verifier.bundle import METRICS, save_bundle  # noqa: E402
 from verifier.datasets import load_dataset  # noqa: E402
 from verifier.errors import DatasetError, VerifierError  # noqa: E402
@@ -26,6 +27,7 @@ from verifier.profiles import PROFILES, get_profile, preprocess_batch  # noqa: E
 
 DEFAULTS = TrainConfig()
 VALIDATION_PER_IDENTITY = 100
+DEFAULT_TOWER = {"face": "face-resnet", "face-chip": "face-resnet"}  # profiles with a pretrained tower
 
 
 def build_parser():
@@ -52,7 +54,11 @@ def build_parser():
     model.add_argument("--scale", type=float, default=DEFAULTS.scale,
                        help="cosface: scale of the cosines in the softmax (inverse temperature)")
     model.add_argument("--soft-margin", action="store_true", help="triplet: softplus instead of a hinge")
-    model.add_argument("--tower", choices=TOWERS, default=DEFAULTS.tower)
+    model.add_argument("--tower", choices=TOWERS, default=None,
+                       help="default: face-resnet (pretrained) for the face profiles, small otherwise")
+    model.add_argument("--trainable-stages", type=int, default=DEFAULTS.trainable_stages,
+                       help="pretrained towers: how many of the backbone's last stages fine-tuning may "
+                            "change (0: frozen backbone, only the projection head learns)")
     model.add_argument("--embedding-size", type=int, default=None,
                        help="default: 128 for cosface, 64 for the other losses")
     model.add_argument("--dropout", type=float, default=DEFAULTS.dropout)
@@ -62,12 +68,15 @@ def build_parser():
                        help="do not average the embeddings of an image and its mirror image "
                             "(never done for profiles that forbid flips)")
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, default=None, help="default: 20 for cosface, 10 for the other losses")
+    opt.add_argument("--epochs", type=int, default=None,
+                     help="default: 20 for cosface, 10 for the other losses; pretrained towers: "
+                          f"{PRETRAINED_EPOCHS}, and 0 writes a bundle of the tower as it is")
     opt.add_argument("--steps-per-epoch", type=int, default=DEFAULTS.steps_per_epoch)
     opt.add_argument("--batch-p", type=int, default=DEFAULTS.batch_p, help="identities per batch")
     opt.add_argument("--batch-k", type=int, default=DEFAULTS.batch_k, help="images per identity per batch")
-    opt.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate,
-                     help="peak learning rate (cosine decay to 0 over all steps)")
+    opt.add_argument("--learning-rate", type=float, default=None,
+                     help="peak learning rate (cosine decay to 0 over all steps); default: 2e-3 from "
+                          "scratch, 1e-4 fine-tuning a pretrained tower")
     opt.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay, help="AdamW weight decay")
     opt.add_argument("--augment", choices=sorted(LEVELS), default=None,
                      help="training augmentation level, per profile (no flips for signatures); default: "
@@ -90,7 +99,10 @@ def build_parser():
 def _check_positive(args):
     for name in ("epochs", "steps_per_epoch", "batch_p", "batch_k", "embedding_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise DatasetError(f"--{name.replace('_', '-')} must be at least 1")
+            if name == "epochs" and args.epochs == 0 and args.tower in PRETRAINED:
+                continue  # a bundle of the pretrained tower as it is
+            raise DatasetError(f"--{name.replace('_', '-')} must be at least 1"
+                               + (" (0 only with a pretrained tower)" if name == "epochs" else ""))
     if args.batch_p < 2 and args.loss != "contrastive":
         raise DatasetError("--batch-p must be at least 2: in-batch mining needs other identities")
     if args.batch_k < 2:
@@ -123,14 +135,20 @@ def _genuine(data):
     return [image for image, ok in zip(data.images, keep) if ok], data.labels[keep]
 
 
+def _acquire_faces(data, profile):
+    """A face profile's images -> their aligned chips, images with no face dropped and counted."""
+    if not profile.detector:
+        return data
+    data, failed = acquire_dataset(data, profile)
+    total = len(data) + len(failed)
+    print(f"faces: detected and aligned in {len(data)} of {total} images ({profile.detector}); "
+          f"{len(failed)} failures to acquire left out")
+    if not len(data):
+        raise DatasetError(f"no face found in any of the {total} images of {data.name}")
+    return data
+
+
 def run(args):
-    _check_positive(args)
-    config = TrainConfig(loss=args.loss, mining=args.mining, margin=args.margin, soft_margin=args.soft_margin,
-                         scale=args.scale, tower=args.tower, embedding_size=args.embedding_size, dropout=args.dropout,
-                         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_p=args.batch_p,
-                         batch_k=args.batch_k, patience=args.patience, learning_rate=args.learning_rate,
-                         weight_decay=args.weight_decay, augment=args.augment, flip_tta=args.flip_tta,
-                         seed=args.seed)
     data = load_dataset(args.data, strict=args.strict)
     if data.skipped:
         print(f"warning: skipped {len(data.skipped)} unreadable files (first: {data.skipped[0][0]}: "
@@ -139,6 +157,18 @@ def run(args):
         raise DatasetError(f"{args.data} has only one identity ({data.identities[0]}): "
                            "verification needs at least 2 (ROOT/<identity>/<images>)")
     profile = get_profile(args.profile or data.profile)
+    if args.tower is None:
+        args.tower = DEFAULT_TOWER.get(profile.name, "small")
+    _check_positive(args)
+    config = TrainConfig(loss=args.loss, mining=args.mining, margin=args.margin, soft_margin=args.soft_margin,
+                         scale=args.scale, tower=args.tower, trainable_stages=args.trainable_stages,
+                         embedding_size=args.embedding_size, dropout=args.dropout,
+                         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_p=args.batch_p,
+                         batch_k=args.batch_k, patience=args.patience, learning_rate=args.learning_rate,
+                         weight_decay=args.weight_decay, augment=args.augment, flip_tta=args.flip_tta,
+                         seed=args.seed)
+    data = _acquire_faces(data, profile)
+    inputs_profile = chip_profile(profile)
     n = len(data.identities)
     holdout = parse_holdout(args.holdout_identities)
     holdout = default_holdout(n) if holdout is None else holdout
@@ -153,14 +183,14 @@ def run(args):
     if split.validation:
         images, labels, forged = _sample_per_identity(data.subset(split.validation), VALIDATION_PER_IDENTITY,
                                                       args.seed)
-        val = dict(val_images=preprocess_batch(images, profile), val_labels=labels, val_forged=forged)
+        val = dict(val_images=preprocess_batch(images, inputs_profile), val_labels=labels, val_forged=forged)
     print(f"{data.name}: {n} identities, {len(data)} images; training on {len(split.train)}, "
           f"validating on {len(split.validation)}, holding out {len(split.holdout)}; profile {profile.name}")
     out = Path(args.out)
     identity = {"dataset": data.fingerprint, "split": [split.train, split.validation, split.holdout],
                 "profile": profile.to_dict()}
     checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else out / "checkpoint"
-    result = train(config, preprocess_batch(train_images, profile), train_labels, profile, metric=args.metric,
+    result = train(config, preprocess_batch(train_images, inputs_profile), train_labels, profile, metric=args.metric,
                    checkpoint_dir=checkpoint_dir, resume=args.resume, identity=identity, verbose=not args.quiet,
                    **val)
     final, refitted = result, None
@@ -170,7 +200,7 @@ def run(args):
         print(f"refit: training again on all {len(names)} training and validation identities for the "
               f"{result.best_epoch} epochs early stopping chose (--no-refit keeps the early-stopped model)")
         # keyed by the epoch count: a resume whose early stopping chose differently starts a fresh refit
-        final = refit(config, result, preprocess_batch(images, profile), labels, profile,
+        final = refit(config, result, preprocess_batch(images, inputs_profile), labels, profile,
                       checkpoint_dir=checkpoint_dir / f"refit-{result.best_epoch}", resume=args.resume,
                       identity={**identity, "refit": True}, verbose=not args.quiet)
         refitted = {"identities": names, "epochs": final.epochs_run, "steps": final.steps,

@@ -5,6 +5,9 @@
                        dropout; trains on 2 CPU cores in minutes (the default)
     mobilenetv3small   keras.applications.MobileNetV3Small, weights=None, adapted to the
                        profile's channels (a larger option)
+    face-resnet        dlib's pretrained face ResNet (training.face_resnet) on the face
+                       profile's aligned 150x150 RGB chips, with a projection head that
+                       starts as the identity; fine-tuned from there (or used as it is)
 
 `with_flip_average` wraps a tower for test-time augmentation: the embedding of an image
 and of its mirror image are averaged inside the saved model, so serving gets it for free.
@@ -14,7 +17,8 @@ import numpy as np
 import keras
 from keras import layers
 
-TOWERS = ("small", "mobilenetv3small")
+TOWERS = ("small", "mobilenetv3small", "face-resnet")
+PRETRAINED = {"face-resnet": 128}  # pretrained tower -> its embedding size
 
 
 def _conv_bn(x, filters, name, strides=1):
@@ -58,11 +62,38 @@ def mobilenetv3small(input_shape, embedding_size, dropout=0.2):
     return keras.Model(inputs, outputs, name="mobilenetv3small_tower")
 
 
-def build_tower(name, input_shape, embedding_size, dropout=0.3):
+def face_resnet(input_shape, embedding_size, trainable_stages=0):
+    """The pretrained face ResNet, then a Dense projection initialised to the identity and an
+    L2 normalisation: untrained, it is the pretrained descriptor (unit length).
+
+    trainable_stages: how many of the backbone's last stages fine-tuning may change (0: the
+    backbone is frozen and only the projection learns; len(STAGES): all of it). With a few
+    hundred identities, freezing most of a network trained on 7,485 keeps what it knows.
+    """
+    from training.face_resnet import EMBEDDING_SIZE, INPUT_SHAPE, STAGES, build_face_resnet, fetch_face_api, \
+        read_weights, set_trainable_from
+
+    if tuple(input_shape) != INPUT_SHAPE or embedding_size != EMBEDDING_SIZE:
+        raise ValueError(f"the face-resnet tower takes {INPUT_SHAPE} chips (the face or face-chip profile) "
+                         f"and gives {EMBEDDING_SIZE}-d embeddings; got input {tuple(input_shape)}, "
+                         f"embedding size {embedding_size}")
+    if not 0 <= trainable_stages <= len(STAGES):
+        raise ValueError(f"trainable stages must lie in 0..{len(STAGES)}, got {trainable_stages}")
+    backbone = build_face_resnet(read_weights(*fetch_face_api()))
+    set_trainable_from(backbone, STAGES[len(STAGES) - trainable_stages] if trainable_stages else None)
+    inputs = keras.Input(input_shape, name="image")
+    x = layers.Dense(embedding_size, kernel_initializer="identity", name="projection")(backbone(inputs))
+    outputs = layers.UnitNormalization(name="l2")(x)
+    return keras.Model(inputs, outputs, name="face_resnet_tower")
+
+
+def build_tower(name, input_shape, embedding_size, dropout=0.3, trainable_stages=0):
     if name == "small":
         return small_cnn(input_shape, embedding_size, dropout=dropout)
     if name == "mobilenetv3small":
         return mobilenetv3small(input_shape, embedding_size, dropout=dropout)
+    if name == "face-resnet":
+        return face_resnet(input_shape, embedding_size, trainable_stages)
     raise ValueError(f"unknown tower {name!r}; known: {', '.join(TOWERS)}")
 
 

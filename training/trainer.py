@@ -22,7 +22,7 @@ from training import losses
 from training.augment import augmentation_for
 from training.pipeline import training_batches
 from training.samplers import PairSampler, PKSampler
-from training.towers import build_tower, with_flip_average
+from training.towers import PRETRAINED, build_tower, with_flip_average
 from verifier.embedder import Embedder
 from verifier.errors import VerifierError
 
@@ -36,6 +36,7 @@ DEFAULT_MARGIN = {"contrastive": 1.0, "triplet": 0.2, "npair": None, "cosface": 
 DEFAULT_EMBEDDING = {"contrastive": 64, "triplet": 64, "npair": 64, "cosface": 128}
 DEFAULT_AUGMENT = {"contrastive": "none", "triplet": "none", "npair": "none", "cosface": "robust"}
 DEFAULT_EPOCHS = {"contrastive": 10, "triplet": 10, "npair": 10, "cosface": 20}
+PRETRAINED_EPOCHS = 0  # fine-tuning epochs for a pretrained tower (0: as it is; see bench/accuracy.py)
 
 
 class TrainingError(VerifierError):
@@ -65,14 +66,15 @@ class TrainConfig:
     temperature: float = 0.2  # npair only
     scale: float = 30.0  # cosface only: inverse softmax temperature
     tower: str = "small"
-    embedding_size: int | None = None  # None: DEFAULT_EMBEDDING[loss]
+    trainable_stages: int = 0  # pretrained towers: how many of the last backbone stages may change
+    embedding_size: int | None = None  # None: DEFAULT_EMBEDDING[loss] (pretrained towers: their own)
     dropout: float = 0.5
     epochs: int | None = None  # None: DEFAULT_EPOCHS[loss]
     steps_per_epoch: int = 100
     batch_p: int = 16
     batch_k: int = 4
     patience: int = 8
-    learning_rate: float = 2e-3
+    learning_rate: float | None = None  # None: 2e-3 from scratch, 1e-4 fine-tuning a pretrained tower
     weight_decay: float = 1e-4
     augment: str | None = None  # None: DEFAULT_AUGMENT[loss]
     flip_tta: bool = True
@@ -88,9 +90,11 @@ class TrainConfig:
         if self.augment is None:
             self.augment = DEFAULT_AUGMENT[self.loss]
         if self.epochs is None:
-            self.epochs = DEFAULT_EPOCHS[self.loss]
+            self.epochs = PRETRAINED_EPOCHS if self.tower in PRETRAINED else DEFAULT_EPOCHS[self.loss]
         if self.embedding_size is None:
-            self.embedding_size = DEFAULT_EMBEDDING[self.loss]
+            self.embedding_size = PRETRAINED.get(self.tower, DEFAULT_EMBEDDING[self.loss])
+        if self.learning_rate is None:
+            self.learning_rate = 1e-4 if self.tower in PRETRAINED else 2e-3
 
     def to_dict(self):
         return asdict(self)
@@ -212,8 +216,13 @@ def train(config, train_images, train_labels, profile, *, val_images=None, val_l
     extra = [tf.Variable(tf.random.normal([config.embedding_size, train_labels.max() + 1], stddev=0.1,
                                           seed=config.seed), name="proxies")] if config.loss == "cosface" else []
     loss_fn = _loss_function(config, sampler, extra[0] if extra else None)
-    tower = build_tower(config.tower, profile.input_shape, config.embedding_size, config.dropout)
-    use_tta = config.flip_tta and profile.allow_flip
+    try:
+        tower = build_tower(config.tower, profile.input_shape, config.embedding_size, config.dropout,
+                            config.trainable_stages)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
+    # mirror averaging doubles the serving cost: worth it for a small CNN, not for a pretrained tower
+    use_tta = config.flip_tta and profile.allow_flip and config.tower not in PRETRAINED
     model = with_flip_average(tower) if use_tta else tower
     total_steps = config.epochs * config.steps_per_epoch
     schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=max(total_steps, 1))

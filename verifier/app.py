@@ -13,6 +13,7 @@ from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from verifier import images, metrics
+from verifier.acquisition import NoFaceFound
 from verifier.errors import VerifierError
 
 # Config key -> (environment variable, default, type). Environment overrides the default;
@@ -93,6 +94,8 @@ def register_error_handlers(app):
 
     @app.errorhandler(VerifierError)
     def verifier_error(exc):
+        if isinstance(exc, NoFaceFound):
+            metrics.record_failure_to_acquire()
         return _error(exc.status, exc.code, exc.message)
 
     @app.errorhandler(HTTPException)

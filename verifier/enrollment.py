@@ -16,6 +16,7 @@ import threading
 import time
 
 from verifier import quality
+from verifier.acquisition import acquire
 from verifier.errors import VerifierError
 from verifier.fusion import fused_distances
 from verifier.gallery import Gallery
@@ -96,10 +97,14 @@ class EnrollmentService:
                 failures.append({"index": i, "reason": reason})
             else:
                 keep.append(i)
+        acquired = acquire([images[i] for i in keep], self.scorer.profile)
+        failures += [{"index": keep[j], "reason": "no face found"} for j in acquired.failed]
+        failures.sort(key=lambda failure: failure["index"])
+        keep = [i for i, ok in zip(keep, acquired.acquired) if ok]
         if not keep:
             raise FailureToEnrol(f"no image could be enrolled: {failures[0]['reason']}"
                                  + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""), failures)
-        embeddings = self.scorer.embed([images[i] for i in keep])
+        embeddings = self.scorer.embed_inputs(acquired.inputs)
         kept_raw = [raw[i] for i in keep] if raw is not None else None
         ids = self.store.add_templates(subject_id, self.scorer.bundle_id, embeddings, kept_raw,
                                        create=create, metadata=metadata)
@@ -130,7 +135,7 @@ class EnrollmentService:
         fusion = self.fusion()
         templates = self.current_templates(subject_id)
         loaded = time.perf_counter()
-        embedding = self.scorer.embed([probe])
+        embedding = self.scorer.embed([probe], names=["the probe"])
         embedded = time.perf_counter()
         distance = fused_distances(embedding, templates, self.scorer.metric, fusion["rule"])
         result = self._result(distance, threshold, target_fmr)[0]
@@ -150,7 +155,7 @@ class EnrollmentService:
             raise VerifierError(f"top_k must be an integer from 1 to {MAX_TOP_K}", code="invalid_top_k")
         started = time.perf_counter()
         gallery = self.gallery()
-        embedding = self.scorer.embed([probe])[0]
+        embedding = self.scorer.embed([probe], names=["the probe"])[0]
         embedded = time.perf_counter()
         hits = gallery.search(embedding, top_k)
         decisions = self._result([d for _, d, _ in hits], threshold, target_fmr) if hits else []

@@ -33,6 +33,7 @@ class Registry:
         self.latency_sum = Counter()  # route -> seconds
         self.latency_count = Counter()  # route -> count
         self.decisions = Counter()  # (route, decision) -> count
+        self.failures_to_acquire = Counter()  # route -> images in which no face was found
         self.last_flush = 0.0
 
     def observe(self, route, method, status, seconds):
@@ -48,6 +49,10 @@ class Registry:
             for decision in decisions:
                 self.decisions[(route, decision)] += 1
 
+    def count_failure_to_acquire(self, route):
+        with self.lock:
+            self.failures_to_acquire[route] += 1
+
     def snapshot(self):
         """The counters as JSON-ready lists of [labels..., value]."""
         with self.lock:
@@ -57,6 +62,7 @@ class Registry:
                 "latency_sum": [[key, n] for key, n in self.latency_sum.items()],
                 "latency_count": [[key, n] for key, n in self.latency_count.items()],
                 "decisions": [[*key, n] for key, n in self.decisions.items()],
+                "failures_to_acquire": [[key, n] for key, n in self.failures_to_acquire.items()],
             }
 
 
@@ -91,7 +97,7 @@ def collect(directory):
             except (OSError, ValueError):
                 continue  # a file being replaced right now; its counts show next scrape
     total = {name: Counter() for name in ("requests", "latency_buckets", "latency_sum",
-                                           "latency_count", "decisions")}
+                                           "latency_count", "decisions", "failures_to_acquire")}
     for snapshot in snapshots:
         for name, rows in snapshot.items():
             for *key, value in rows:
@@ -126,6 +132,10 @@ def render(directory, info=None):
               "# TYPE verifier_decisions_total counter"]
     for (route, decision), n in sorted(total["decisions"].items()):
         lines.append(f"verifier_decisions_total{_labels(route=route, decision=decision)} {n}")
+    lines += ["# HELP verifier_failures_to_acquire_total Requests refused because no face was found, by route.",
+              "# TYPE verifier_failures_to_acquire_total counter"]
+    for route, n in sorted(total["failures_to_acquire"].items()):
+        lines.append(f"verifier_failures_to_acquire_total{_labels(route=route)} {n}")
     if info is not None:
         lines += ["# HELP verifier_model_info The bundle and calibration this worker serves.",
                   "# TYPE verifier_model_info gauge",
@@ -136,6 +146,11 @@ def render(directory, info=None):
 def record_decisions(decisions):
     """Count decisions ("same"/"different") for the current request's route; for any blueprint."""
     REGISTRY.count_decisions(_route(), (d["decision"] for d in decisions))
+
+
+def record_failure_to_acquire():
+    """Count a request refused for want of a face (422 no_face) on the current route."""
+    REGISTRY.count_failure_to_acquire(_route())
 
 
 def _route():

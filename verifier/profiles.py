@@ -19,10 +19,16 @@ class Profile:
     height: int
     width: int
     channels: int = 1
-    normalize: str = "standardize"  # "standardize": per-image zero mean, unit variance; "unit": [0, 1]
+    # "standardize": per-image zero mean, unit variance; "unit": [0, 1]; "none": 0-255 as
+    # they are (a pretrained tower that normalises inside itself)
+    normalize: str = "standardize"
     ink_crop: bool = False  # signatures: crop to the ink's bounding box, pad to aspect
     invert: bool = False  # make the foreground bright (ink on paper -> high values)
     allow_flip: bool = True  # whether horizontal flips are a valid augmentation
+    # faces: "mtcnn" detects the face and aligns its five landmarks onto the chip
+    # (verifier.acquisition) before preprocessing; None takes the image as it is
+    detector: str | None = None
+    detect_border: float = 0.0  # replicated border (share of the longer side) added before detection
 
     @property
     def input_shape(self):
@@ -38,7 +44,13 @@ class Profile:
 
 
 PROFILES = {
-    "face": Profile("face", height=56, width=46),
+    # photos of faces, full frames or tight crops: the pretrained face tower's aligned chip
+    "face": Profile("face", height=150, width=150, channels=3, normalize="none", detector="mtcnn",
+                    detect_border=0.2),
+    # face chips already aligned like the face profile's (no detection)
+    "face-chip": Profile("face-chip", height=150, width=150, channels=3, normalize="none"),
+    # the small CNN from scratch on roughly framed grey faces (ORL-like), no detection
+    "face-small": Profile("face-small", height=56, width=46),
     "signature": Profile("signature", height=64, width=160, normalize="unit", ink_crop=True,
                          invert=True, allow_flip=False),
     "product": Profile("product", height=28, width=28, normalize="unit"),
@@ -113,7 +125,10 @@ def preprocess(image, profile):
     else:
         image = _centre_crop_to_aspect(image, profile.height, profile.width)
     resized = cv2.resize(image, (profile.width, profile.height), interpolation=cv2.INTER_AREA)
-    resized = resized.reshape(profile.input_shape).astype(np.float32) / 255.0
+    resized = resized.reshape(profile.input_shape).astype(np.float32)
+    if profile.normalize == "none":
+        return 255.0 - resized if profile.invert else resized
+    resized /= 255.0
     if profile.invert:
         resized = 1.0 - resized
     if profile.normalize == "standardize":

@@ -19,12 +19,12 @@ import time
 import numpy as np
 
 from verifier import fastpath
+from verifier.acquisition import acquire_all
 from verifier.bundle import load_bundle, load_model
 from verifier.calibrated import probability_same, threshold_at_fmr
 from verifier.distances import pair_distances
 from verifier.embedder import Embedder
 from verifier.errors import VerifierError
-from verifier.profiles import preprocess_batch
 
 log = logging.getLogger(__name__)
 
@@ -110,17 +110,20 @@ class Scorer:
 
     # -- embedding ---------------------------------------------------------------------------
 
-    def embed(self, images):
-        """Decoded uint8 images -> (N, D) float32 embeddings, with the bundle's preprocessing."""
-        if len(images) == 0:
-            return np.zeros((0, int(self.bundle.meta["embedding_size"])), np.float32)
-        return np.asarray(self.embedder.embed_batch(preprocess_batch(images, self.profile)), np.float32)
+    def acquire(self, images, names=None):
+        """Decoded uint8 images -> `Acquired` model inputs (faces detected and aligned where the
+        profile asks); 422 `no_face` naming the first image without a face."""
+        return acquire_all(images, self.profile, names)
 
-    def distances(self, images_a, images_b):
-        """Distances between pairs (images_a[i], images_b[i]), embedded in one batch."""
-        embeddings = self.embed(list(images_a) + list(images_b))
-        n = len(images_a)
-        return pair_distances(embeddings[:n], embeddings[n:], self.metric)
+    def embed(self, images, names=None):
+        """Decoded uint8 images -> (N, D) float32 embeddings, with the bundle's preprocessing."""
+        return self.embed_inputs(self.acquire(images, names).inputs)
+
+    def embed_inputs(self, inputs):
+        """Preprocessed model inputs -> (N, D) float32 embeddings."""
+        if len(inputs) == 0:
+            return np.zeros((0, int(self.bundle.meta["embedding_size"])), np.float32)
+        return np.asarray(self.embedder.embed_batch(inputs), np.float32)
 
     def warm_up(self):
         """Run the sizes requests use (one pair, a small batch) once, so the first request is not slow."""
@@ -164,14 +167,26 @@ class Scorer:
                  "confidence": float(p), "threshold": limit, "policy": policy}
                 for d, p in zip(distances, np.atleast_1d(confidence))]
 
-    def verify(self, images_a, images_b, *, threshold=None, target_fmr=None):
-        """Pairs of decoded images -> (decisions, timings in ms); options are checked before embedding."""
+    def verify(self, images_a, images_b, *, threshold=None, target_fmr=None, names=None):
+        """Pairs of decoded images -> (decisions, timings in ms); options are checked before embedding.
+
+        `names` (one per image of images_a + images_b) name an image without a face in the
+        422. Where the profile detects faces, each decision carries the two faces found.
+        """
         self.resolve(threshold=threshold, target_fmr=target_fmr)
         start = time.perf_counter()
-        distances = self.distances(images_a, images_b)
+        acquired = self.acquire(list(images_a) + list(images_b), names)
+        aligned = time.perf_counter()
+        embeddings = self.embed_inputs(acquired.inputs)
         embedded = time.perf_counter()
-        decisions = self.decide(distances, threshold=threshold, target_fmr=target_fmr)
-        return decisions, {"embed": _ms(embedded - start), "decide": _ms(time.perf_counter() - embedded)}
+        n = len(images_a)
+        decisions = self.decide(pair_distances(embeddings[:n], embeddings[n:], self.metric),
+                                threshold=threshold, target_fmr=target_fmr)
+        if self.profile.detector:
+            for i, decision in enumerate(decisions):
+                decision["faces"] = [acquired.faces[i].to_dict(), acquired.faces[n + i].to_dict()]
+        return decisions, {"acquire": _ms(aligned - start), "embed": _ms(embedded - aligned),
+                           "decide": _ms(time.perf_counter() - embedded)}
 
     def _section(self, section):
         section = self.calibration if section is None else section

@@ -25,7 +25,8 @@ def verify():
     scorer.resolve(**options)  # 503 uncalibrated / 422 bad override before any decoding
     images = images_from_request(("image_a", "image_b"))
     decoded = _ms_since(start)
-    (decision,), timings = scorer.verify([images["image_a"]], [images["image_b"]], **options)
+    (decision,), timings = scorer.verify([images["image_a"]], [images["image_b"]], **options,
+                                         names=["image_a", "image_b"])
     metrics.record_decisions([decision])
     return jsonify({**decision, **scorer.describe(),
                     "timings_ms": {"decode": decoded, **timings, "total": _ms_since(start)}})
@@ -53,7 +54,8 @@ def verify_batch():
     images = {name: [decode_field(f"{name}[{i}]", data) for i, data in enumerate(values)]
               for name, values in fields.items()}
     decoded = _ms_since(start)
-    decisions, timings = scorer.verify(images["image_a"], images["image_b"], **options)
+    names = [f"{name}[{i}]" for name in ("image_a", "image_b") for i in range(count_a)]
+    decisions, timings = scorer.verify(images["image_a"], images["image_b"], **options, names=names)
     metrics.record_decisions(decisions)
     return jsonify({"results": decisions, "count": len(decisions), **scorer.describe(),
                     "timings_ms": {"decode": decoded, **timings, "total": _ms_since(start)}})
