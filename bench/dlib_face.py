@@ -69,8 +69,9 @@ class DlibFacePipeline:
 
     upsample: times the HOG detector upsamples the image (each doubles it) before it looks
         for faces; 2 finds the small faces of 90-112 px images that 1 misses.
-    border: pixels of replicated border added on every side before detection; tight crops
-        cut the face at the image edge, where the HOG detector does not fire.
+    border: pixels of replicated border added on every side before detection, for tight
+        crops whose face reaches the image edge. On lfw-dev's 90x90 crops a 30 px border
+        missed more faces than none (120 against 93 of 3,037 images), so the default is 0.
     jitter: dlib's num_jitters; above 1 it averages the descriptors of that many randomly
         jittered chips (1 and 0 both mean none).
     """

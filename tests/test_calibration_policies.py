@@ -124,3 +124,9 @@ def test_degenerate_data_raises_value_error():
         parse_policy("eer").choose([0.1, 0.2], [])
     with pytest.raises(ValueError, match="no genuine"):
         parse_policy("fmr=0.1").choose([], [0.1] * 100)
+
+
+def test_eer_policy_takes_the_middle_of_the_gap_when_the_classes_do_not_overlap():
+    genuine, impostor = np.array([0.1, 0.2, 0.3]), np.array([0.7, 0.9])
+    assert metrics.eer(genuine, impostor).threshold == 0.3  # the edge of the gap
+    assert parse_policy("eer").choose(genuine, impostor) == pytest.approx(0.5)

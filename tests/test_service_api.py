@@ -54,7 +54,7 @@ def test_same_image_twice_is_same_at_distance_zero(service, faces, calibration):
     assert body["model"] == calibration["bundle_id"]
     assert body["calibration_id"] == calibration["calibration_id"]
     assert body["profile"] == "face-small" and body["backend"].startswith("tflite")
-    assert set(body["timings_ms"]) == {"decode", "embed", "decide", "total"}
+    assert set(body["timings_ms"]) == {"decode", "acquire", "embed", "decide", "total"}
 
 
 def test_decision_agrees_with_the_calibration_threshold(service, faces, calibration):

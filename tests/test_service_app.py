@@ -51,7 +51,7 @@ def test_uncalibrated_bundle_answers_503_not_a_made_up_threshold(tiny_bundle, im
 def test_unexpected_error_is_json_500_without_traceback(calibrated_bundle, monkeypatch, image):
     app = create_app({"VERIFIER_BUNDLE": str(calibrated_bundle)})
     scorer = scorer_holder(app).get()
-    monkeypatch.setattr(scorer, "distances", lambda *a: 1 / 0)
+    monkeypatch.setattr(scorer, "embed_inputs", lambda *a: 1 / 0)
     response = app.test_client().post("/v1/verify", data=_pair(image), content_type="multipart/form-data")
     assert response.status_code == 500
     assert response.get_json() == {"error": {"code": "internal_error",

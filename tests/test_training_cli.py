@@ -93,7 +93,8 @@ def test_no_refit_keeps_the_early_stopped_model(faces, tmp_path, capsys):
 def test_other_losses_train(loss, faces, tmp_path):
     out = tmp_path / "b"
     assert main(["--data", str(faces), "--holdout-identities", "2", "--loss", loss, "--epochs", "1",
-                 "--out", str(out), "--steps-per-epoch", "4", "--batch-p", "4", "--batch-k", "2", "--quiet"]) == 0
+                 "--out", str(out), "--steps-per-epoch", "4", "--batch-p", "4", "--batch-k", "2", "--quiet",
+                 "--profile", "face-small"]) == 0
     recipe = load_bundle(out).meta["recipe"]
     assert recipe["loss"] == loss and recipe["mining"] is None and len(recipe["holdout_identities"]) == 2
 
@@ -172,7 +173,8 @@ def test_one_identity(tmp_path, capsys):
 
 def test_too_few_images_per_identity(tmp_path, capsys):
     root = write_folder(tmp_path / "few", n_identities=6, per_identity=3)
-    _fails(["--data", str(root), "--holdout-identities", "0", "--batch-k", "4", "--out", str(tmp_path / "o")],
+    _fails(["--data", str(root), "--holdout-identities", "0", "--batch-k", "4", "--profile", "face-small",
+            "--out", str(tmp_path / "o")],
            capsys, "fewer than --batch-k 4 images")
 
 
@@ -189,7 +191,7 @@ def test_unreadable_file_strict_fails_and_lenient_warns(tmp_path, capsys):
     _fails(["--data", str(root), "--strict", "--out", str(out)], capsys, "unreadable image")
     assert main(["--data", str(root), "--holdout-identities", "0", "--validation-identities", "0",
                  "--epochs", "1", "--steps-per-epoch", "2", "--batch-p", "3", "--batch-k", "2",
-                 "--quiet", "--out", str(out)]) == 0
+                 "--quiet", "--profile", "face-small", "--out", str(out)]) == 0
     assert "skipped 1 unreadable files" in capsys.readouterr().err
 
 

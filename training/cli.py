@@ -18,11 +18,13 @@ import numpy as np  # noqa: E402
 from training.augment import LEVELS  # noqa: E402
 from training.splits import default_holdout, default_validation, parse_holdout, split_identities  # noqa: E402
 from training.trainer import DEFAULT_MINING, LOSSES, MINING, PRETRAINED_EPOCHS, TrainConfig, refit, train  # noqa: E402
+from training import face_resnet  # noqa: E402
 from training.towers import PRETRAINED, TOWERS  # noqa: E402
 from verifier.acquisition import acquire_dataset, chip_profile  # noqa: E402
 from verifier.bundle import METRICS, save_bundle  # noqa: E402
 from verifier.datasets import load_dataset  # noqa: E402
 from verifier.errors import DatasetError, VerifierError  # noqa: E402
+from verifier.faces import detector  # noqa: E402
 from verifier.profiles import PROFILES, get_profile, preprocess_batch  # noqa: E402
 
 DEFAULTS = TrainConfig()
@@ -167,14 +169,14 @@ def run(args):
                          batch_k=args.batch_k, patience=args.patience, learning_rate=args.learning_rate,
                          weight_decay=args.weight_decay, augment=args.augment, flip_tta=args.flip_tta,
                          seed=args.seed)
-    data = _acquire_faces(data, profile)
-    inputs_profile = chip_profile(profile)
     n = len(data.identities)
     holdout = parse_holdout(args.holdout_identities)
     holdout = default_holdout(n) if holdout is None else holdout
     n_rest = n - (len(holdout) if isinstance(holdout, list) else holdout)
     validation = default_validation(n_rest) if args.validation_identities is None else args.validation_identities
     split = split_identities(data.identities, holdout, validation, args.seed)
+    data = _acquire_faces(data, profile)
+    inputs_profile = chip_profile(profile)
     _check_counts(data, split.train + split.validation, config.batch_k)
 
     train_set = data.subset(split.train)
@@ -215,6 +217,10 @@ def run(args):
         best_epoch=result.best_epoch, refit=refitted, training_seconds=round(seconds, 1),
         flip_tta=final.model is not final.tower, hyperparameters=config.to_dict(),
         history=result.history)
+    if config.tower in PRETRAINED:
+        recipe["pretrained"] = face_resnet.provenance()
+    if profile.detector:
+        recipe["face_detector"] = detector.provenance()
     bundle_id = save_bundle(out, final.model, profile=profile, metric=args.metric, recipe=recipe)
     best = "n/a" if result.best_validation_eer is None else f"{100 * result.best_validation_eer:.2f}%"
     how = f", refit on {len(refitted['identities'])} identities" if refitted else ""

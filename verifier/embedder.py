@@ -6,7 +6,7 @@ fixed input signature is traced once and then costs only the forward pass.
 
 import numpy as np
 
-from verifier.profiles import preprocess_batch
+from verifier.acquisition import acquire_all
 
 
 class Embedder:
@@ -34,5 +34,6 @@ class Embedder:
         return np.concatenate(chunks)
 
     def embed_images(self, images):
-        """Decoded uint8 images -> embeddings, with the bundle's own preprocessing."""
-        return self.embed_batch(preprocess_batch(images, self.profile))
+        """Decoded uint8 images -> embeddings, with the bundle's own acquisition and preprocessing
+        (NoFaceFound when a face profile finds no face in one)."""
+        return self.embed_batch(acquire_all(images, self.profile).inputs)

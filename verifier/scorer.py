@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from verifier import fastpath
-from verifier.acquisition import acquire_all
+from verifier.acquisition import acquire_all, detector_for
 from verifier.bundle import load_bundle, load_model
 from verifier.calibrated import probability_same, threshold_at_fmr
 from verifier.distances import pair_distances
@@ -128,6 +128,8 @@ class Scorer:
     def warm_up(self):
         """Run the sizes requests use (one pair, a small batch) once, so the first request is not slow."""
         probes = fastpath.probe_inputs(self.profile, count=8)
+        if self.profile.detector:
+            detector_for(self.profile).detect(np.full((120, 100, 3), 128, np.uint8))
         self.embedder.embed_batch(probes[:2])
         self.embedder.embed_batch(probes)
         self.warm = True

@@ -84,6 +84,13 @@ def load_models(model_dir):
     return models
 
 
+def provenance(model_dir=DEFAULT_MODEL_DIR):
+    """The detector's source, licence and file hashes (from weights.json), for bundle.json's recipe."""
+    record = json.loads((Path(model_dir) / RECORD_FILE).read_text())
+    return {"detector": "MTCNN (Zhang et al. 2016)", "source": record["source"], "licence": record["licence"],
+            "files": {f"{net}.tflite": record["nets"][net]["sha256"] for net in NETS}}
+
+
 class _Net:
     """One net's interpreter for one thread; its input is resized only when the shape changes."""
 
