@@ -22,6 +22,7 @@ The small CNN and the classical baselines keep the `face-small` profile.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -97,7 +98,11 @@ def run_face_resnet(loss, overrides, faces, split, profile, verbose, refit_after
     if loss is None:
         tower = build_tower("face-resnet", profile.input_shape, PRETRAINED["face-resnet"])
         return Embedder(tower, profile).embed_batch, 0.0, {}
-    return run_siamese(loss, {"tower": "face-resnet", **overrides}, faces, split, profile, verbose, refit_after)
+    config = TrainConfig(**{"loss": loss, "tower": "face-resnet", **overrides})
+    counts = faces.counts()  # PK batches need K images of each identity trained on (LFW: many have one)
+    usable = dataclasses.replace(split, train=[n for n in split.train if counts[n] >= config.batch_k],
+                                 validation=[n for n in split.validation if counts[n] >= 2])
+    return run_siamese(loss, {"tower": "face-resnet", **overrides}, faces, usable, profile, verbose, refit_after)
 
 
 def run_dlib(images):

@@ -20,7 +20,7 @@ from verifier.bundle import load_bundle  # noqa: E402
 from verifier.calibrated import probability_same  # noqa: E402
 from verifier.distances import pair_distances  # noqa: E402
 from verifier.images import decode_image  # noqa: E402
-from verifier.profiles import preprocess_batch  # noqa: E402
+from verifier.acquisition import acquire_all  # noqa: E402
 
 
 def create_naive_app(bundle_dir):
@@ -34,7 +34,7 @@ def create_naive_app(bundle_dir):
     @app.post("/v1/verify")
     def verify():
         images = [decode_image(request.files[name].read()) for name in ("image_a", "image_b")]
-        embeddings = bundle.model.predict(preprocess_batch(images, bundle.profile), verbose=0)
+        embeddings = bundle.model.predict(acquire_all(images, bundle.profile).inputs, verbose=0)
         distance = float(pair_distances(embeddings[:1], embeddings[1:], bundle.metric)[0])
         calibration = bundle.calibration
         return jsonify({"distance": distance,
