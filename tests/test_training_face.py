@@ -1,0 +1,74 @@
+"""Training from the pretrained face tower: a bundle of the tower as it is (`--epochs 0`)
+and a tiny fine-tuning run, on real ORL faces written as a folder, through the CLI."""
+
+import cv2
+import numpy as np
+import pytest
+
+from training.cli import main
+from training.face_resnet import STAGES, WeightsError, build_face_resnet, fetch_face_api, read_weights
+from verifier.bundle import load_bundle
+from verifier.datasets import load_orl
+from verifier.embedder import Embedder
+
+
+@pytest.fixture(scope="module")
+def weights():
+    try:
+        return fetch_face_api()
+    except WeightsError as exc:  # no npm here and no cached copy
+        pytest.skip(f"face-api weights unavailable: {exc.message}")
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory, weights):
+    """Six ORL people, four photos each, as ROOT/<person>/<n>.png."""
+    orl = load_orl()
+    root = tmp_path_factory.mktemp("faces")
+    for person in orl.identities[:6]:
+        folder = root / person
+        folder.mkdir()
+        for n, i in enumerate(np.flatnonzero(orl.labels == orl.identities.index(person))[:4]):
+            cv2.imwrite(str(folder / f"{n}.png"), orl.images[i])
+    return root
+
+
+def test_epochs_0_bundles_the_pretrained_tower_as_it_is(faces, tmp_path, capsys):
+    out = tmp_path / "asis"
+    assert main(["--data", str(faces), "--holdout-identities", "2", "--epochs", "0", "--quiet",
+                 "--out", str(out)]) == 0
+    assert "detected and aligned in 24 of 24 images" in capsys.readouterr().out
+    bundle = load_bundle(out)
+    recipe = bundle.meta["recipe"]
+    assert bundle.profile.name == "face" and bundle.profile.detector == "mtcnn"
+    assert recipe["tower"] == "face-resnet" and recipe["steps"] == 0 and len(recipe["holdout_identities"]) == 2
+    assert recipe["pretrained"]["package"] == "@vladmandic/face-api@1.7.15"
+    assert recipe["face_detector"]["licence"] == "MIT"
+    orl = load_orl()
+    same = [orl.images[0], orl.images[1], orl.images[10]]  # s1, s1, s2
+    emb = Embedder.from_bundle(bundle).embed_images(same)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert np.linalg.norm(emb[0] - emb[1]) < np.linalg.norm(emb[0] - emb[2])
+
+
+def test_a_tiny_fine_tuning_run_changes_only_the_unfrozen_stages(faces, tmp_path):
+    out = tmp_path / "tuned"
+    assert main(["--data", str(faces), "--holdout-identities", "0", "--validation-identities", "0",
+                 "--loss", "triplet", "--epochs", "1", "--steps-per-epoch", "2", "--batch-p", "3",
+                 "--batch-k", "2", "--trainable-stages", "1", "--learning-rate", "1e-3", "--quiet",
+                 "--out", str(out)]) == 0
+    tuned = load_bundle(out).model
+    backbone = tuned.get_layer("face_resnet")
+    original = build_face_resnet(read_weights(*fetch_face_api()))
+    changed = {layer.name for layer, before in zip(backbone.layers, original.layers)
+               if any(not np.array_equal(a, b) for a, b in zip(layer.get_weights(), before.get_weights()))}
+    assert changed <= {"fc"}  # one trainable stage: the last, `fc`
+    projection = tuned.get_layer("projection").get_weights()[0]
+    assert not np.allclose(projection, np.eye(128))
+    assert STAGES[-1] == "fc"
+
+
+def test_the_face_tower_refuses_a_profile_it_cannot_take(faces, tmp_path, capsys):
+    assert main(["--data", str(faces), "--profile", "face-small", "--tower", "face-resnet", "--epochs", "0",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "face-resnet tower takes (150, 150, 3) chips" in capsys.readouterr().err
