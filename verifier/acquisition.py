@@ -16,6 +16,7 @@ import numpy as np
 
 from verifier.errors import VerifierError
 from verifier.faces.align import align
+from verifier.faces.detector import FaceDetector
 from verifier.profiles import preprocess
 
 DETECTORS = ("mtcnn",)
@@ -54,8 +55,6 @@ def detector_for(profile):
     key = (profile.detector, profile.detect_border)
     with _lock:
         if key not in _detectors:
-            from verifier.faces.detector import FaceDetector
-
             _detectors[key] = FaceDetector(border=profile.detect_border)
         return _detectors[key]
 
