@@ -325,7 +325,8 @@ def run_bundle(args, policy):
     dev, evaluation = (_pairs(emb, labels, forged, part, metric, args) for part in parts)
     section = fit.calibrate(dev, evaluation, policy, confidence=args.confidence, prior=args.prior,
                             n_bootstrap=args.bootstrap, seed=args.seed)
-    kept = {name: min(n, cap) if cap else n for name, n in counts.items()}
+    # images each identity brings to fusion: after the per-identity cap and the failures to acquire
+    kept = {name: int(((labels == k) & ~forged).sum()) for k, name in enumerate(held.identities)}
     fusion, fused, why_not = _fusion(emb, labels, forged, parts, metric, policy, args, kept)
     notes = [why_not] if why_not else []
     if not eval_names:
