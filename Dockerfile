@@ -19,6 +19,7 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin verifier \
 ENV DATABASE_URL=sqlite:////data/verifier.db
 VOLUME /data
 COPY --chown=verifier:verifier . .
+RUN pip install --no-deps .
 USER verifier
 
 # Export the TFLite fast path now (checked against model.keras), so workers never convert at start.

@@ -11,9 +11,10 @@ HOLDOUT ?= 10
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	$(VENV)/bin/pip install -q --no-deps -e .  # the project itself: importable anywhere, console scripts
 	touch $@
 
 # The default bundle ships in the repo (tests re-check its recorded metrics); this rebuilds it:

@@ -12,7 +12,7 @@ the nearest real threshold), the AUC and the fitting time, per fold and as a mea
 last line is JSON.
 
 Face data (ORL, a folder of face photos) adds the face pipeline's rows: faces detected and
-aligned once (verifier.acquisition; images with no face are failures to acquire, counted
+aligned once (verifier.core.acquisition; images with no face are failures to acquire, counted
 and left out of that model's pairs), then dlib's pretrained ResNet as it is
 (`face-resnet`), and fine-tuned on the fold's training people with triplet or contrastive
 (`face-resnet-triplet`, `face-resnet-contrastive`, settings from --set as for the small
@@ -31,21 +31,20 @@ from dataclasses import fields
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from bench import dlib_face  # noqa: E402
-from bench.baselines import BASELINES  # noqa: E402
-from calibration.metrics import auc, eer  # noqa: E402
-from calibration.pairs import pair_comparisons  # noqa: E402
-from training.splits import default_validation, split_identities  # noqa: E402
-from training.towers import PRETRAINED, build_tower  # noqa: E402
-from training.trainer import TrainConfig, refit, train  # noqa: E402
-from verifier.acquisition import acquire_dataset, chip_profile  # noqa: E402
-from verifier.datasets import load_dataset  # noqa: E402
-from verifier.embedder import Embedder  # noqa: E402
-from verifier.profiles import get_profile, preprocess_batch  # noqa: E402
+from bench import dlib_face
+from bench.baselines import BASELINES
+from calibration.metrics import auc, eer
+from calibration.pairs import pair_comparisons
+from imagesets import load_dataset
+from training.splits import default_validation, split_identities
+from training.towers import PRETRAINED, build_tower
+from training.trainer import TrainConfig, refit, train
+from verifier.core.acquisition import acquire_dataset, chip_profile
+from verifier.core.embedder import Embedder
+from verifier.core.profiles import get_profile, preprocess_batch
 
 SIAMESE = {"siamese-contrastive": "contrastive", "siamese-triplet": "triplet", "siamese-cosface": "cosface"}
 FACE = {"face-resnet": None, "face-resnet-triplet": "triplet", "face-resnet-contrastive": "contrastive"}

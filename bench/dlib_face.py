@@ -28,14 +28,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from calibration.metrics import auc, eer  # noqa: E402
-from calibration.pairs import pair_comparisons  # noqa: E402
-from verifier.datasets import load_dataset  # noqa: E402
-from verifier.distances import pair_distances  # noqa: E402
+from calibration.metrics import auc, eer
+from calibration.pairs import pair_comparisons
+from imagesets import load_dataset
+from verifier.core.distances import pair_distances
 
 DIMENSIONS = 128
 METRIC = "euclidean"

@@ -23,18 +23,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from calibration.metrics import eer, fmr_fnmr  # noqa: E402
-from verifier.datasets import load_orl  # noqa: E402
-from verifier.distances import cross_distances  # noqa: E402
-from verifier.enrollment import EnrollmentService  # noqa: E402
-from verifier.errors import VerifierError  # noqa: E402
-from verifier.fusion import fused_distances  # noqa: E402
-from verifier.scorer import Scorer  # noqa: E402
-from verifier.store import open_store  # noqa: E402
+from calibration.metrics import eer, fmr_fnmr
+from imagesets import load_orl
+from verifier.core.distances import cross_distances
+from verifier.core.errors import VerifierError
+from verifier.core.fusion import fused_distances
+from verifier.core.scorer import Scorer
+from verifier.enrollment.service import EnrollmentService
+from verifier.enrollment.store import open_store
 
 
 def figures(genuine, impostor, threshold):

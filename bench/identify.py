@@ -36,18 +36,17 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
 for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from verifier.bundle import read_meta  # noqa: E402
-from verifier.errors import VerifierError  # noqa: E402
-from verifier.fusion import fused_distances  # noqa: E402
-from verifier.gallery import Gallery  # noqa: E402
-from verifier.store import open_store  # noqa: E402
-from verifier.store.base import embedding_bytes, now  # noqa: E402
+from verifier.core.bundle import read_meta
+from verifier.core.errors import VerifierError
+from verifier.core.fusion import fused_distances
+from verifier.enrollment.gallery import Gallery
+from verifier.enrollment.store import open_store
+from verifier.enrollment.store.base import embedding_bytes, now
 
 BUNDLE_ID = "bench"
 

@@ -8,19 +8,17 @@ differs (Keras `predict` rebuilds its machinery per call). Not for production us
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flask import Flask, jsonify, request  # noqa: E402
+from flask import Flask, jsonify, request
 
-from verifier.bundle import load_bundle  # noqa: E402
-from verifier.calibrated import probability_same  # noqa: E402
-from verifier.distances import pair_distances  # noqa: E402
-from verifier.images import decode_image  # noqa: E402
-from verifier.acquisition import acquire_all  # noqa: E402
+from verifier.core.acquisition import acquire_all
+from verifier.core.bundle import load_bundle
+from verifier.core.decisions import probability_same
+from verifier.core.distances import pair_distances
+from verifier.core.images import decode_image
 
 
 def create_naive_app(bundle_dir):

@@ -27,14 +27,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import cv2  # noqa: E402
+import cv2
 
-from bench import dlib_face  # noqa: E402
-from verifier.bundle import read_meta  # noqa: E402
-from verifier.errors import VerifierError  # noqa: E402
-from verifier.profiles import Profile  # noqa: E402
+from bench import dlib_face
+from verifier.core.bundle import read_meta
+from verifier.core.errors import VerifierError
+from verifier.core.profiles import Profile
 
 # the small-CNN profiles' goals; the face pipeline (detection, alignment, a 5.6M-parameter ResNet) has its own
 GOALS = {"verifications_per_s": 300, "p50_ms_one_client": 5.0, "worker_rss_mb": 400}
@@ -54,7 +53,7 @@ def payload_images(profile):
 
     if profile.name.startswith("face"):
         try:
-            from verifier.datasets import load_orl
+            from imagesets import load_orl
 
             data = load_orl()
             first = data.images[0]

@@ -40,8 +40,8 @@ from calibration.policies import PolicyError, parse_policy  # noqa: E402
 from calibration.protocol import (MIN_IDENTITIES, CalibrationError, held_out_identities,  # noqa: E402
                                   images_per_identity_cap, sample_rows, split_dev_eval)
 from calibration.report import dumps, json_safe, text_summary, write_report  # noqa: E402
-from verifier.errors import VerifierError  # noqa: E402
-from verifier.fusion import DEFAULT_RULE, RULES  # noqa: E402
+from verifier.core.errors import VerifierError  # noqa: E402
+from verifier.core.fusion import DEFAULT_RULE, RULES  # noqa: E402
 
 
 def build_parser():
@@ -233,10 +233,10 @@ def _protocol_text(why, dev_names, eval_names, sampling, image_note, metric, pol
 def _embed(bundle_dir, meta, images):
     """(embeddings of the images acquired, which were acquired): a face profile's images with
     no face found are failures to acquire, left out of every comparison and counted."""
-    from verifier.acquisition import acquire
-    from verifier.bundle import load_model
-    from verifier.embedder import Embedder
-    from verifier.profiles import Profile
+    from verifier.core.acquisition import acquire
+    from verifier.core.bundle import load_model
+    from verifier.core.embedder import Embedder
+    from verifier.core.profiles import Profile
 
     profile = Profile.from_dict(meta["profile"])
     _log(f"embedding {len(images)} images with bundle {meta['bundle_id']}"
@@ -297,8 +297,8 @@ def _preflight(labels, forged, parts, policy, args):
 
 
 def run_bundle(args, policy):
-    from verifier.bundle import read_meta
-    from verifier.datasets import load_dataset
+    from imagesets import load_dataset
+    from verifier.core.bundle import read_meta
 
     meta = read_meta(args.bundle)
     data = load_dataset(args.data)
@@ -359,7 +359,7 @@ def run_bundle(args, policy):
     if fusion:
         summary["fusion"] = {key: value for key, value in fusion.items() if key != "operating_points"}
     if not args.dry_run:
-        from verifier.bundle import CALIBRATION_FILE, write_calibration
+        from verifier.core.bundle import CALIBRATION_FILE, write_calibration
 
         summary["calibration_id"] = write_calibration(args.bundle, json_safe(calibration))
         summary["written"] = str(Path(args.bundle) / CALIBRATION_FILE)

@@ -12,7 +12,7 @@ import numpy as np
 from scipy.special import expit, logit
 
 from calibration.metrics import check_labelled
-from verifier.calibrated import probability_same
+from verifier.core.decisions import probability_same
 
 ISOTONIC_EPS = 1e-6
 

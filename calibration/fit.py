@@ -15,7 +15,7 @@ from calibration import metrics
 from calibration.bootstrap import bootstrap_ci
 from calibration.confidence import CALIBRATORS, cllr, ece, reliability_table
 from calibration.protocol import CalibrationError
-from verifier.calibrated import probability_same
+from verifier.core.decisions import probability_same
 
 FMR_TARGETS = (1e-2, 1e-3)
 LEVEL = 0.95

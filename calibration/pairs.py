@@ -7,15 +7,15 @@ each genuine image of the writer it imitates is an impostor comparison.
 
 Template protocol: each identity enrolls `k` of its images (a seeded choice); every other
 image probes its own subject (genuine) and every other subject (impostor), scored with a
-fusion rule from `verifier.fusion`. It calibrates subject verification the same way.
+fusion rule from `verifier.core.fusion`. It calibrates subject verification the same way.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from verifier.distances import pair_distances
-from verifier.fusion import fused_distances
+from verifier.core.distances import pair_distances
+from verifier.core.fusion import fused_distances
 
 
 @dataclass

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from verifier.errors import VerifierError
+from verifier.core.errors import VerifierError
 
 MIN_IDENTITIES = 2  # an impostor comparison needs two identities
 AUTO_MAX_COMPARISONS = 50_000  # beyond this the identity bootstrap (x1000 resamples) gets slow

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from tests.synthetic import write_folder
-from verifier.bundle import save_bundle, write_calibration
-from verifier.profiles import get_profile
+from verifier.core.bundle import save_bundle, write_calibration
+from verifier.core.profiles import get_profile
 
 pytest_plugins = ["tests.subject_fixtures"]  # store, scorer and fusion-calibrated bundle fixtures
 

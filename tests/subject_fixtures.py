@@ -54,7 +54,7 @@ def database_url(request, tmp_path):
 @pytest.fixture
 def store(database_url):
     """A migrated store on a fresh database (images kept, so re-embedding can be tested)."""
-    from verifier.store import open_store
+    from verifier.enrollment.store import open_store
 
     store = open_store(database_url, keep_images=True)
     yield store
@@ -68,7 +68,7 @@ def fusion_bundle(tmp_path_factory, tiny_bundle):
 
     import numpy as np
 
-    from verifier.bundle import write_calibration
+    from verifier.core.bundle import write_calibration
 
     path = tmp_path_factory.mktemp("bundle") / "fusion"
     shutil.copytree(tiny_bundle, path)
@@ -88,7 +88,7 @@ def fusion_bundle(tmp_path_factory, tiny_bundle):
 @pytest.fixture(scope="session")
 def scorer(fusion_bundle):
     """A scorer on the fusion-calibrated tiny bundle (tf.function path: no export to build)."""
-    from verifier.scorer import Scorer
+    from verifier.core.scorer import Scorer
 
     return Scorer.from_bundle(fusion_bundle, backend="tf.function")
 

@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from verifier.bundle import load_bundle, read_calibration, read_meta, write_calibration
-from verifier.embedder import Embedder
-from verifier.errors import BundleError
+from verifier.core.bundle import load_bundle, read_calibration, read_meta, write_calibration
+from verifier.core.embedder import Embedder
+from verifier.core.errors import BundleError
 
 
 @pytest.fixture

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from calibration.cli import main
+from imagesets import load_folder
 from tests.conftest import tiny_tower
 from tests.synthetic import write_folder, write_signature_folder
-from verifier.bundle import load_bundle, save_bundle
-from verifier.calibrated import fmr_at_threshold, probability_same, threshold_at_fmr
-from verifier.datasets import load_folder
-from verifier.profiles import get_profile
+from verifier.core.bundle import load_bundle, save_bundle
+from verifier.core.decisions import fmr_at_threshold, probability_same, threshold_at_fmr
+from verifier.core.profiles import get_profile
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAST = ["--bootstrap", "50"]

@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from calibration.confidence import (
-    IsotonicCalibrator,
-    LogisticCalibrator,
-    calibrator_from_dict,
-    cllr,
-    ece,
-    reliability_table,
-)
+from calibration.confidence import (IsotonicCalibrator, LogisticCalibrator, calibrator_from_dict, cllr, ece,
+                                    reliability_table)
 
 # genuine N(1, 0.5), impostor N(3, 0.5): llr(d) = a*d + b with a = -2/0.25 = -8, b = (9-1)/(2*0.25) = 16
 TRUE_A, TRUE_B = -8.0, 16.0

@@ -4,9 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
+from imagesets import FASHION_MNIST_DIR, load_dataset, load_folder, load_orl
 from tests.synthetic import write_folder
-from verifier.datasets import FASHION_MNIST_DIR, load_dataset, load_folder, load_orl
-from verifier.errors import DatasetError
+from verifier.core.errors import DatasetError
 
 
 def test_folder_layout(image_folder):

@@ -11,11 +11,11 @@ import pytest
 
 from calibration.metrics import eer
 from calibration.pairs import pair_comparisons
-from verifier.bundle import load_bundle
-from verifier.datasets import load_orl
-from verifier.distances import pair_distances
-from verifier.embedder import Embedder
-from verifier.scorer import Scorer
+from imagesets import load_orl
+from verifier.core.bundle import load_bundle
+from verifier.core.distances import pair_distances
+from verifier.core.embedder import Embedder
+from verifier.core.scorer import Scorer
 
 BUNDLE = Path(__file__).resolve().parent.parent / "bundles" / "default"
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from tests.synthetic import png_bytes
-from verifier.enrollment import EnrollmentService, FailureToEnrol, NotCalibrated
-from verifier.errors import VerifierError
-from verifier.fusion import fused_distances
-from verifier.store import Conflict, NotFound
+from verifier.core.errors import VerifierError
+from verifier.core.fusion import fused_distances
+from verifier.enrollment.service import EnrollmentService, FailureToEnrol, NotCalibrated
+from verifier.enrollment.store import Conflict, NotFound
 
 BLANK = np.full((56, 46, 1), 200, np.uint8)
 

@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from verifier.cli import main
-from verifier.scorer import Scorer
-from verifier.store import open_store
+from verifier.cli.main import main
+from verifier.core.scorer import Scorer
+from verifier.enrollment.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from verifier.fusion import fused_distances
-from verifier.gallery import Gallery
+from verifier.core.fusion import fused_distances
+from verifier.enrollment.gallery import Gallery
 
 
 class MemoryStore:

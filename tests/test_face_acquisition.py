@@ -4,10 +4,10 @@ the face profile (no face is a failure to acquire, never a made-up chip)."""
 import numpy as np
 import pytest
 
-from verifier.acquisition import NoFaceFound, acquire, acquire_all, acquire_dataset, chip_profile
-from verifier.datasets import load_orl
-from verifier.faces.align import TEMPLATE, align, similarity_transform, template_for
-from verifier.profiles import get_profile, preprocess
+from imagesets import load_orl
+from verifier.core.acquisition import NoFaceFound, acquire, acquire_all, acquire_dataset, chip_profile
+from verifier.core.faces.align import TEMPLATE, align, similarity_transform, template_for
+from verifier.core.profiles import get_profile, preprocess
 
 
 def _similar(points, angle, scale, shift):

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from verifier.datasets import orl_root
-from verifier.errors import BundleError, DatasetError
-from verifier.faces.detector import DEFAULT_MODEL_DIR, RECORD_FILE, FaceDetector, nms
-from verifier.images import read_image
+from imagesets import orl_root
+from verifier.core.errors import BundleError, DatasetError
+from verifier.core.faces.detector import DEFAULT_MODEL_DIR, RECORD_FILE, FaceDetector, nms
+from verifier.core.images import read_image
 
 ORL_SAMPLES = [("s1", 1), ("s7", 3), ("s13", 5), ("s22", 8), ("s35", 10)]
 
@@ -132,7 +132,7 @@ def test_threads_share_a_detector(detector, orl_faces):
 
 
 def test_detection_imports_no_tensorflow():
-    code = ("import sys, numpy as np; from verifier.faces.detector import FaceDetector; "
+    code = ("import sys, numpy as np; from verifier.core.faces.detector import FaceDetector; "
             "FaceDetector().detect(np.full((60, 60), 128, np.uint8)); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -18,9 +18,9 @@ import pytest
 
 from training import face_resnet as fr
 from training.face_resnet import (BIN_FILE, MANIFEST_FILE, STAGES, WeightsError, build_face_resnet,
-                                  fetch_face_api, read_weights, reference_forward,
-                                  set_trainable_from, stage_of, weight_specs)
-from verifier.errors import VerifierError
+                                  fetch_face_api, read_weights, reference_forward, set_trainable_from,
+                                  stage_of, weight_specs)
+from verifier.core.errors import VerifierError
 
 RELATIVE_TOLERANCE = 1e-5
 # filter values per conv layer in face-api's extractParams.ts (a residualDown's conv1 has half)

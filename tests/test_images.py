@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from tests.synthetic import png_bytes
-from verifier.errors import CorruptImage, ImageTooLarge, ImageTooSmall, UnsupportedImage
-from verifier.images import decode_image, header_size, read_image, sniff_format
+from verifier.core.errors import CorruptImage, ImageTooLarge, ImageTooSmall, UnsupportedImage
+from verifier.core.images import decode_image, header_size, read_image, sniff_format
 
 
 def _gray(height=40, width=30, seed=0):

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from verifier.profiles import PROFILES, Profile, get_profile, ink_crop, preprocess, preprocess_batch
+from verifier.core.profiles import PROFILES, Profile, get_profile, ink_crop, preprocess, preprocess_batch
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))

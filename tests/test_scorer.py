@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from tests.synthetic import identity_images
-from verifier import fastpath
-from verifier.bundle import load_bundle
-from verifier.errors import VerifierError
-from verifier.profiles import preprocess_batch
-from verifier.scorer import Scorer
+from verifier.core import fastpath
+from verifier.core.bundle import load_bundle
+from verifier.core.errors import VerifierError
+from verifier.core.profiles import preprocess_batch
+from verifier.core.scorer import Scorer
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from tests.synthetic import png_bytes
-from verifier.app import create_app, load_config, scorer_holder
-from verifier.openapi import build_spec
+from verifier.web.app import create_app, load_config, scorer_holder
+from verifier.web.openapi import build_spec
 
 
 @pytest.fixture

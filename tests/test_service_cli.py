@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.synthetic import identity_images
-from verifier import fastpath
+from verifier.core import fastpath
 
 
 def run_cli(*args, env=None):

@@ -19,6 +19,7 @@ def _instruction(name):
 def test_dockerfile_serves_with_gunicorn_as_a_non_root_user():
     assert _instruction("FROM") == ["python:3.11-slim"]
     assert any("pip install -r requirements.txt" in run for run in _instruction("RUN"))
+    assert any("pip install --no-deps ." in run for run in _instruction("RUN"))  # the project itself
     assert json.loads(_instruction("CMD")[-1]) == SERVE
     user = _instruction("USER")[-1]
     assert user not in ("root", "0")

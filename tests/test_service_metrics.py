@@ -2,7 +2,7 @@
 
 import json
 
-from verifier import metrics
+from verifier.web import metrics
 
 
 def _worker_file(directory, pid, requests, buckets, decisions):

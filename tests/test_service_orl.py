@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from imagesets import load_orl
 from tests.live_service import running_service
 from tests.synthetic import png_bytes
-from verifier.bundle import load_bundle
-from verifier.datasets import load_orl
+from verifier.core.bundle import load_bundle
 
 BUNDLE = Path(__file__).resolve().parent.parent / "bundles" / "default"
 

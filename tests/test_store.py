@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from verifier.errors import VerifierError
-from verifier.store import Conflict, NotFound, StoreUnavailable, open_store, schema
+from verifier.core.errors import VerifierError
+from verifier.enrollment.store import Conflict, NotFound, StoreUnavailable, open_store, schema
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -187,7 +187,7 @@ def test_concurrent_enrollment_from_several_processes(database_url):
     code = """
         import sys
         import numpy as np
-        from verifier.store import open_store
+        from verifier.enrollment.store import open_store
         store = open_store(sys.argv[1])
         worker = int(sys.argv[2])
         for i in range(15):
@@ -210,7 +210,7 @@ def test_sigkill_during_an_enrollment_leaves_nothing(database_url):
     code = """
         import sys, time
         import numpy as np
-        from verifier.store import base, open_store
+        from verifier.enrollment.store import base, open_store
         store = open_store(sys.argv[1])
         original = base.Tx.run
         inserted = []

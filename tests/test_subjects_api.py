@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from tests.synthetic import png_bytes
-from verifier.app import create_app, scorer_holder
-from verifier.keys import create_key
-from verifier.store import open_store
+from verifier.enrollment.keys import create_key
+from verifier.enrollment.store import open_store
+from verifier.web.app import create_app, scorer_holder
 
 BLANK = np.full((56, 46), 200, np.uint8)
 

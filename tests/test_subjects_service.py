@@ -8,10 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.synthetic import identity_images, png_bytes
 from tests.live_service import running_service
-from verifier.keys import create_key
-from verifier.store import open_store
+from tests.synthetic import identity_images, png_bytes
+from verifier.enrollment.keys import create_key
+from verifier.enrollment.store import open_store
 
 
 @pytest.fixture(scope="module")

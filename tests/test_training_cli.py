@@ -9,14 +9,14 @@ import pytest
 import tensorflow as tf
 
 from calibration.pairs import pair_comparisons
+from imagesets import load_folder
 from tests.synthetic import identity_images, write_folder
 from training.cli import main
 from training.towers import build_tower
 from training.trainer import Checkpoint, TrainConfig, train
-from verifier.bundle import load_bundle
-from verifier.datasets import load_folder
-from verifier.embedder import Embedder
-from verifier.profiles import get_profile, preprocess_batch
+from verifier.core.bundle import load_bundle
+from verifier.core.embedder import Embedder
+from verifier.core.profiles import get_profile, preprocess_batch
 
 FAST = ["--steps-per-epoch", "10", "--batch-p", "4", "--batch-k", "3", "--quiet", "--profile", "face-small"]
 RECIPE_KEYS = {"loss", "mining", "margin", "epochs", "steps", "seed", "tower", "embedding_size", "dataset",

@@ -8,8 +8,8 @@ import pytest
 from training.augment import Augmentation, augment_batch, augmentation_for
 from training.samplers import PairSampler, PKSampler
 from training.splits import parse_holdout, split_identities
-from verifier.errors import DatasetError
-from verifier.profiles import get_profile
+from verifier.core.errors import DatasetError
+from verifier.core.profiles import get_profile
 
 NAMES = [f"p{i:02d}" for i in range(20)]
 LABELS = np.repeat(np.arange(10), 6)

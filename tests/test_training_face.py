@@ -5,11 +5,11 @@ import cv2
 import numpy as np
 import pytest
 
+from imagesets import load_orl
 from training.cli import main
 from training.face_resnet import STAGES, WeightsError, build_face_resnet, fetch_face_api, read_weights
-from verifier.bundle import load_bundle
-from verifier.datasets import load_orl
-from verifier.embedder import Embedder
+from verifier.core.bundle import load_bundle
+from verifier.core.embedder import Embedder
 
 
 @pytest.fixture(scope="module")

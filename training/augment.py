@@ -1,6 +1,6 @@
 """Random augmentation of preprocessed batches, per profile, in TensorFlow.
 
-Applied after `verifier.profiles.preprocess`, so the model trains on exactly what serving
+Applied after `verifier.core.profiles.preprocess`, so the model trains on exactly what serving
 feeds it plus label-preserving perturbations: a random affine warp (shift, rotation,
 scale), a horizontal flip only where the profile allows it (never for signatures: a
 mirrored signature is not the writer's), and intensity changes. Standardised profiles

@@ -13,19 +13,19 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from training.augment import LEVELS  # noqa: E402
-from training.splits import default_holdout, default_validation, parse_holdout, split_identities  # noqa: E402
-from training.trainer import DEFAULT_MINING, LOSSES, MINING, PRETRAINED_EPOCHS, TrainConfig, refit, train  # noqa: E402
-from training import face_resnet  # noqa: E402
-from training.towers import PRETRAINED, TOWERS  # noqa: E402
-from verifier.acquisition import acquire_dataset, chip_profile  # noqa: E402
-from verifier.bundle import METRICS, save_bundle  # noqa: E402
-from verifier.datasets import load_dataset  # noqa: E402
-from verifier.errors import DatasetError, VerifierError  # noqa: E402
-from verifier.faces import detector  # noqa: E402
-from verifier.profiles import PROFILES, get_profile, preprocess_batch  # noqa: E402
+from imagesets import load_dataset
+from training import face_resnet
+from training.augment import LEVELS
+from training.splits import default_holdout, default_validation, parse_holdout, split_identities
+from training.towers import PRETRAINED, TOWERS
+from training.trainer import DEFAULT_MINING, LOSSES, MINING, PRETRAINED_EPOCHS, TrainConfig, refit, train
+from verifier.core.acquisition import acquire_dataset, chip_profile
+from verifier.core.bundle import METRICS, save_bundle
+from verifier.core.errors import DatasetError, VerifierError
+from verifier.core.faces import detector
+from verifier.core.profiles import PROFILES, get_profile, preprocess_batch
 
 DEFAULTS = TrainConfig()
 VALIDATION_PER_IDENTITY = 100

@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from verifier.errors import VerifierError
+from verifier.core.errors import VerifierError
 
 PACKAGE_SPEC = "@vladmandic/face-api@1.7.15"
 TARBALL_SHA256 = "0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031"

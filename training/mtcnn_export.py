@@ -1,6 +1,6 @@
 """Build-time tool: the MTCNN weights of the `mtcnn==1.0.0` wheel (MIT) -> three TFLite files.
 
-    python -m training.mtcnn_export --out verifier/faces/mtcnn [--wheel PATH]
+    python -m training.mtcnn_export --out verifier/core/faces/mtcnn [--wheel PATH]
 
 Run once by a maintainer; serving never runs it. It gets the wheel (`pip download` into a
 temporary folder, or `--wheel PATH`), refuses one whose sha256 is not the pinned one, reads
@@ -35,17 +35,17 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from verifier.bundle import _write_json_atomic  # noqa: E402
-from verifier.fastpath import interpreter_class, max_difference  # noqa: E402
+from verifier.core.bundle import _write_json_atomic
+from verifier.core.fastpath import interpreter_class, max_difference
 
 WHEEL_NAME = "mtcnn-1.0.0-py3-none-any.whl"
 WHEEL_REQUIREMENT = "mtcnn==1.0.0"
 WHEEL_SHA256 = "0a96b4868e56db9ae984449519642be6dba03240e608a67e928ebb47833e9144"
 WEIGHTS_IN_WHEEL = "mtcnn/assets/weights/{}.lz4"
 LICENSE_IN_WHEEL = "mtcnn-1.0.0.dist-info/LICENSE"
-DEFAULT_OUT = Path("verifier/faces/mtcnn")
+DEFAULT_OUT = Path("verifier/core/faces/mtcnn")
 RECORD_FILE = "weights.json"
 NETS = ("pnet", "rnet", "onet")
 TOLERANCE = 1e-4  # max abs output difference accepted between a flatbuffer and its Keras model

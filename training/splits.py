@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from verifier.errors import DatasetError
+from verifier.core.errors import DatasetError
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@
 and of its mirror image are averaged inside the saved model, so serving gets it for free.
 """
 
-import numpy as np
 import keras
+import numpy as np
 from keras import layers
 
 TOWERS = ("small", "mobilenetv3small", "face-resnet")
@@ -70,8 +70,8 @@ def face_resnet(input_shape, embedding_size, trainable_stages=0):
     backbone is frozen and only the projection learns; len(STAGES): all of it). With a few
     hundred identities, freezing most of a network trained on 7,485 keeps what it knows.
     """
-    from training.face_resnet import EMBEDDING_SIZE, INPUT_SHAPE, STAGES, build_face_resnet, fetch_face_api, \
-        read_weights, set_trainable_from
+    from training.face_resnet import (EMBEDDING_SIZE, INPUT_SHAPE, STAGES, build_face_resnet, fetch_face_api,
+                                      read_weights, set_trainable_from)
 
     if tuple(input_shape) != INPUT_SHAPE or embedding_size != EMBEDDING_SIZE:
         raise ValueError(f"the face-resnet tower takes {INPUT_SHAPE} chips (the face or face-chip profile) "

@@ -23,8 +23,8 @@ from training.augment import augmentation_for
 from training.pipeline import training_batches
 from training.samplers import PairSampler, PKSampler
 from training.towers import PRETRAINED, build_tower, with_flip_average
-from verifier.embedder import Embedder
-from verifier.errors import VerifierError
+from verifier.core.embedder import Embedder
+from verifier.core.errors import VerifierError
 
 LOSSES = ("contrastive", "triplet", "npair", "cosface")
 MINING = tuple(losses.TRIPLET_MINING)

@@ -1,7 +1,7 @@
-"""Entry point of `python -m verifier` (see verifier/cli.py)."""
+"""Entry point of `python -m verifier` (see verifier/cli/main.py)."""
 
 import sys
 
-from verifier.cli import main
+from verifier.cli.main import main
 
 sys.exit(main())

@@ -1,0 +1,1 @@
+"""Benchmarks: accuracy, confidence, enrollment, identification and serving figures, printed."""

@@ -1,1 +1,0 @@
-"""HTTP blueprints: pair verification (verify.py) and enrollment (subjects.py)."""

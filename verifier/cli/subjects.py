@@ -1,0 +1,216 @@
+"""Enrollment commands of `python -m verifier`: the HTTP enrollment API from the terminal.
+
+    python -m verifier enroll SUBJECT IMAGE... [--metadata JSON] [--no-create]
+    python -m verifier verify-subject SUBJECT IMAGE [--threshold T | --target-fmr F] [--json]
+    python -m verifier identify IMAGE [--top-k K] [--threshold T | --target-fmr F] [--json]
+    python -m verifier subjects [list [--limit N] [--after ID] | show ID | create ID | delete ID]
+    python -m verifier reembed [--dry-run]
+    python -m verifier keys create --name NAME | keys list | keys revoke ID
+
+Every command takes --database (default $DATABASE_URL, then sqlite:///verifier.db); those
+that embed take --bundle (default $VERIFIER_BUNDLE, then bundles/default). Answers are the
+API's JSON; verify-subject and identify print one readable line unless --json.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from verifier.core.errors import VerifierError
+from verifier.core.images import MAX_BYTES, decode_image
+from verifier.enrollment.store import DEFAULT_URL, open_store
+
+
+def _database(args):
+    keep = args.keep_images or os.environ.get("VERIFIER_KEEP_IMAGES", "").lower() in ("1", "true", "yes", "on")
+    return open_store(args.database, keep_images=keep)
+
+
+def _service(args):
+    from verifier.core.scorer import Scorer
+    from verifier.enrollment.service import EnrollmentService
+
+    return EnrollmentService(_database(args), Scorer.from_bundle(args.bundle))
+
+
+def _read(path):
+    """(encoded bytes, decoded image) of an image file, or a VerifierError naming it."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_BYTES:
+            raise VerifierError(f"{path}: larger than {MAX_BYTES} bytes", code="image_too_large", status=413)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise VerifierError(f"cannot read {path}: {exc.strerror}", code="unreadable_file") from None
+    try:
+        return data, decode_image(data)
+    except VerifierError as exc:
+        raise VerifierError(f"{path}: {exc.message}", code=exc.code, status=exc.status) from None
+
+
+def _metadata(text):
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def _print(data):
+    print(json.dumps(data, indent=2))
+
+
+def cmd_enroll(args):
+    raw, images = zip(*(_read(path) for path in args.images))
+    result = _service(args).enroll(args.subject, list(images), raw=list(raw), create=not args.no_create,
+                                   metadata=args.metadata)
+    for failure in result["failures"]:
+        print(f"failure to enrol: {args.images[failure['index']]}: {failure['reason']}", file=sys.stderr)
+    _print(result)
+    return 0
+
+
+def cmd_verify_subject(args):
+    service = _service(args)
+    _, probe = _read(args.image)
+    result = service.verify(args.subject, probe, threshold=args.threshold, target_fmr=args.target_fmr)
+    if args.json:
+        _print({**result, **service.scorer.describe()})
+    else:
+        relation = "<=" if result["decision"] == "same" else ">"
+        print(f"{result['decision']}: {args.subject}: fused distance ({result['fusion']['rule']} over "
+              f"{result['fusion']['templates']} templates) {result['distance']:.4f} {relation} threshold "
+              f"{result['threshold']:.4f} (policy {result['policy']}), confidence {result['confidence']:.3f}")
+    return 0
+
+
+def cmd_identify(args):
+    service = _service(args)
+    _, probe = _read(args.image)
+    result = service.identify(probe, top_k=args.top_k, threshold=args.threshold, target_fmr=args.target_fmr)
+    if args.json:
+        _print({**result, **service.scorer.describe()})
+        return 0
+    print(f"match: {result['match']}" if result["match"] else
+          f"no match (nothing within threshold {result['threshold']:.4f}, policy {result['policy']})")
+    for rank, candidate in enumerate(result["candidates"], 1):
+        print(f"{rank:3d}. {candidate['subject_id']}  distance {candidate['distance']:.4f}  "
+              f"confidence {candidate['confidence']:.3f}  {candidate['decision']}")
+    return 0
+
+
+def cmd_subjects(args):
+    store = _database(args)
+    action = args.action or "list"
+    if action == "list":
+        subjects, next_after, total = store.list_subjects(args.limit, args.after)
+        _print({"subjects": subjects, "next_after": next_after, "total": total})
+        return 0
+    if not args.id:
+        raise VerifierError(f"subjects {action} needs a subject id", code="missing_argument")
+    if action == "show":
+        _print(store.get_subject(args.id))
+    elif action == "create":
+        _print(store.create_subject(args.id, args.metadata))
+    else:
+        store.delete_subject(args.id)
+        _print({"id": args.id, "deleted": True})
+    return 0
+
+
+def cmd_reembed(args):
+    result = _service(args).reembed(dry_run=args.dry_run)
+    if result["must_reenroll"]:
+        print(f"{len(result['must_reenroll'])} subject(s) have templates without a kept image and must be "
+              f"re-enrolled: {', '.join(result['must_reenroll'])}", file=sys.stderr)
+    _print(result)
+    return 0
+
+
+def cmd_keys(args):
+    from verifier.enrollment.keys import create_key
+
+    store = _database(args)
+    if args.action == "create":
+        key, record = create_key(store, args.name)
+        print(key)
+        print(f"API key {record['id']} ({record['name']}) created; it is shown only now and stored only as "
+              "a hash. Enrollment routes now require X-API-Key.", file=sys.stderr)
+    elif args.action == "list":
+        _print({"keys": store.list_keys()})
+    else:
+        store.revoke_key(args.id)
+        _print({"id": args.id, "revoked": True})
+    return 0
+
+
+def _common(parser, *, bundle):
+    parser.add_argument("--database", default=os.environ.get("DATABASE_URL") or DEFAULT_URL,
+                        help="store URL: sqlite:///PATH or postgresql://... (default: $DATABASE_URL or %(default)s)")
+    parser.add_argument("--keep-images", action="store_true",
+                        help="keep enrolled images so a new bundle can re-embed them (or $VERIFIER_KEEP_IMAGES=1)")
+    if bundle:
+        parser.add_argument("--bundle", default=os.environ.get("VERIFIER_BUNDLE") or "bundles/default",
+                            help="bundle directory (default: $VERIFIER_BUNDLE or %(default)s)")
+
+
+def _overrides(parser):
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--threshold", type=float, help="decide at this fused distance threshold")
+    group.add_argument("--target-fmr", type=float, help="decide at the fusion calibration's threshold for this FMR")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
+
+
+def add_commands(subparsers):
+    """Add enroll, verify-subject, identify, subjects, reembed and keys to the CLI."""
+    enroll = subparsers.add_parser("enroll", help="enroll image files as templates of a subject")
+    enroll.add_argument("subject")
+    enroll.add_argument("images", nargs="+", metavar="IMAGE")
+    enroll.add_argument("--metadata", type=_metadata, help="JSON object stored with a new subject")
+    enroll.add_argument("--no-create", action="store_true", help="fail if the subject does not exist yet")
+    _common(enroll, bundle=True)
+    enroll.set_defaults(func=cmd_enroll)
+
+    verify = subparsers.add_parser("verify-subject", help="verify an image against a subject's templates")
+    verify.add_argument("subject")
+    verify.add_argument("image")
+    _overrides(verify)
+    _common(verify, bundle=True)
+    verify.set_defaults(func=cmd_verify_subject)
+
+    identify = subparsers.add_parser("identify", help="the enrolled subjects nearest to an image (1:N)")
+    identify.add_argument("image")
+    identify.add_argument("--top-k", type=int, default=5)
+    _overrides(identify)
+    _common(identify, bundle=True)
+    identify.set_defaults(func=cmd_identify)
+
+    subjects = subparsers.add_parser("subjects", help="list, show, create or delete subjects")
+    subjects.add_argument("action", nargs="?", choices=("list", "show", "create", "delete"))
+    subjects.add_argument("id", nargs="?")
+    subjects.add_argument("--limit", type=int, default=50)
+    subjects.add_argument("--after", help="list subjects after this id (paging)")
+    subjects.add_argument("--metadata", type=_metadata, help="JSON object for `subjects create`")
+    _common(subjects, bundle=False)
+    subjects.set_defaults(func=cmd_subjects)
+
+    reembed = subparsers.add_parser("reembed", help="move templates of other bundles to this one where "
+                                                    "images were kept; list who must re-enroll")
+    reembed.add_argument("--dry-run", action="store_true", help="only report")
+    _common(reembed, bundle=True)
+    reembed.set_defaults(func=cmd_reembed)
+
+    keys = subparsers.add_parser("keys", help="API keys for the enrollment routes")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    create = key_actions.add_parser("create", help="create a key and print it once")
+    create.add_argument("--name", required=True)
+    key_actions.add_parser("list", help="list keys (ids, names, dates; never the keys)")
+    revoke = key_actions.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("id")
+    for parser in (create, key_actions.choices["list"], revoke):
+        _common(parser, bundle=False)
+    keys.set_defaults(func=cmd_keys)

@@ -1,0 +1,187 @@
+"""The serving fast path: a TFLite export of model.keras, checked against it, run per thread.
+
+`export_tflite` (needs TensorFlow) freezes the tower's fixed-signature concrete function,
+converts it with `tf.lite.TFLiteConverter`, runs model.keras and the export on a few
+seeded probe inputs and writes, next to model.keras:
+
+    model.tflite        the converted tower
+    model.tflite.json   bundle id and model.keras hash it was made from, the probe seed,
+                        model.keras's embeddings of the probes, and the max difference
+
+A serving worker then needs no TensorFlow at all when LiteRT (`ai_edge_litert`) is
+installed: it runs the probes through the export and compares them with model.keras's
+recorded embeddings, which the model.keras hash ties to the file on disk. Without LiteRT
+it falls back to `tf.lite.Interpreter`, which works the same but imports TensorFlow.
+
+A conversion that goes wrong does not fail loudly: exporting the un-frozen function
+converts "fine" and then reads uninitialised variables (NaN embeddings). The agreement
+check is what catches such a thing.
+"""
+
+import hashlib
+import json
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from verifier.core.bundle import MODEL_FILE, _write_json_atomic, load_model
+from verifier.core.errors import BundleError
+
+TFLITE_FILE = "model.tflite"
+RECORD_FILE = "model.tflite.json"
+TOLERANCE = 1e-4  # max abs embedding difference accepted between the export and model.keras
+PROBE_COUNT = 4
+PROBE_SEED = 0
+BATCH_SIZE = 64
+
+
+def probe_inputs(profile, count=PROBE_COUNT, seed=PROBE_SEED):
+    """Seeded model inputs for the agreement check (uniform draws: stable across numpy versions)."""
+    rng = np.random.default_rng(seed)
+    return (rng.random((count,) + profile.input_shape) * 4.0 - 2.0).astype(np.float32)
+
+
+def model_sha256(bundle_dir):
+    """Hash of model.keras, so a record is known to describe this very file."""
+    sha = hashlib.sha256()
+    with open(Path(bundle_dir) / MODEL_FILE, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def max_difference(a, b):
+    """Max abs difference of two embedding arrays; inf when either holds a NaN or shapes differ."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("inf")
+    return float(np.abs(a - b).max()) if a.size else 0.0
+
+
+def convert(model, profile):
+    """model.keras tower -> TFLite flatbuffer bytes, via a frozen fixed-signature concrete function."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    spec = tf.TensorSpec((None,) + profile.input_shape, tf.float32)
+    forward = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    frozen = convert_variables_to_constants_v2(forward.get_concrete_function())
+    return tf.lite.TFLiteConverter.from_concrete_functions([frozen], model).convert()
+
+
+def build_export(bundle):
+    """(tflite bytes, record) for a loaded bundle; the record's max_abs_diff is measured here."""
+    model = bundle.model if bundle.model is not None else load_model(bundle.path, bundle.meta)
+    profile = bundle.profile
+    data = convert(model, profile)
+    probes = probe_inputs(profile)
+    reference = np.asarray(model(probes, training=False), dtype=np.float32)
+    record = {
+        "bundle_id": bundle.bundle_id,
+        "model_sha256": model_sha256(bundle.path),
+        "probe_seed": PROBE_SEED,
+        "probe_count": PROBE_COUNT,
+        "reference": reference.tolist(),
+        "max_abs_diff": max_difference(TFLiteEmbedder(data).embed_batch(probes), reference),
+        "tolerance": TOLERANCE,
+        "converter": _tf_version(),
+    }
+    return data, record
+
+
+def write_export(bundle_dir, data, record):
+    """Write model.tflite then its record (the record last, so a reader never pairs old and new)."""
+    out = Path(bundle_dir)
+    tmp = out / (TFLITE_FILE + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, out / TFLITE_FILE)
+    _write_json_atomic(out / RECORD_FILE, record)
+
+
+def read_export(bundle):
+    """(tflite bytes, record) when a current export sits in the bundle, else None."""
+    path = Path(bundle.path)
+    try:
+        record = json.loads((path / RECORD_FILE).read_text())
+        data = (path / TFLITE_FILE).read_bytes()
+    except (OSError, ValueError):
+        return None
+    current = (isinstance(record, dict) and record.get("bundle_id") == bundle.bundle_id
+               and record.get("model_sha256") == model_sha256(path))
+    return (data, record) if current else None
+
+
+def check_agreement(embedder, record, profile):
+    """Max abs difference between the export's and model.keras's embeddings of the probes."""
+    probes = probe_inputs(profile, record["probe_count"], record["probe_seed"])
+    return max_difference(embedder.embed_batch(probes), record["reference"])
+
+
+def interpreter_class():
+    """LiteRT's interpreter when installed (no TensorFlow import), else TensorFlow's own."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+        Interpreter = tf.lite.Interpreter
+    return Interpreter
+
+
+def _tf_version():
+    import tensorflow as tf
+
+    return f"tensorflow {tf.__version__}"
+
+
+class TFLiteEmbedder:
+    """Preprocessed batches -> embeddings through a TFLite model, one interpreter per thread.
+
+    An interpreter is not thread-safe, so each gunicorn thread gets its own (single-threaded:
+    workers, not intra-op threads, use the cores). Its input is resized only when the batch
+    size changes, so the usual two-image request costs one `invoke`.
+    """
+
+    def __init__(self, model_content, batch_size=BATCH_SIZE, interpreter=None):
+        self.model_content = model_content
+        self.batch_size = batch_size
+        self.interpreter_cls = interpreter or interpreter_class()
+        self._local = threading.local()
+        self.name = f"tflite ({self.interpreter_cls.__module__.split('.')[0]})"
+        self._interpreter()  # fail here, at load time, on a broken flatbuffer
+
+    def _interpreter(self):
+        state = getattr(self._local, "state", None)
+        if state is None:
+            try:
+                interp = self.interpreter_cls(model_content=self.model_content, num_threads=1)
+                interp.allocate_tensors()
+            except (ValueError, RuntimeError) as exc:
+                raise BundleError(f"{TFLITE_FILE} could not be loaded: {exc}") from None
+            state = self._local.state = {
+                "interp": interp, "shape": None,
+                "input": interp.get_input_details()[0]["index"],
+                "output": interp.get_output_details()[0]["index"],
+            }
+        return state
+
+    def _run(self, chunk):
+        state = self._interpreter()
+        interp = state["interp"]
+        if state["shape"] != chunk.shape:
+            interp.resize_tensor_input(state["input"], chunk.shape, strict=True)
+            interp.allocate_tensors()
+            state["shape"] = chunk.shape
+        interp.set_tensor(state["input"], chunk)
+        interp.invoke()
+        return interp.get_tensor(state["output"]).copy()
+
+    def embed_batch(self, batch):
+        """(N, H, W, C) preprocessed float32 -> (N, D) float32 embeddings."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        chunks = [self._run(batch[i:i + self.batch_size]) for i in range(0, len(batch), self.batch_size)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)

@@ -1,0 +1,144 @@
+"""Preprocessing profiles: the one place that turns a decoded image into model input.
+
+Training, calibration and serving all call `preprocess`, so what the model sees at
+serving time is exactly what it saw in training. A profile's parameters are stored in
+the bundle, so a bundle carries its own preprocessing.
+"""
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How to turn an image into a HxWxC float32 model input."""
+
+    name: str
+    height: int
+    width: int
+    channels: int = 1
+    # "standardize": per-image zero mean, unit variance; "unit": [0, 1]; "none": 0-255 as
+    # they are (a pretrained tower that normalises inside itself)
+    normalize: str = "standardize"
+    ink_crop: bool = False  # signatures: crop to the ink's bounding box, pad to aspect
+    invert: bool = False  # make the foreground bright (ink on paper -> high values)
+    allow_flip: bool = True  # whether horizontal flips are a valid augmentation
+    # faces: "mtcnn" detects the face and aligns its five landmarks onto the chip
+    # (verifier.core.acquisition) before preprocessing; None takes the image as it is
+    detector: str | None = None
+    detect_border: float = 0.0  # replicated border (share of the longer side) added before detection
+
+    @property
+    def input_shape(self):
+        return (self.height, self.width, self.channels)
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data):
+        fields = {key: data[key] for key in cls.__dataclass_fields__ if key in data}
+        return cls(**fields)
+
+
+PROFILES = {
+    # photos of faces, full frames or tight crops: the pretrained face tower's aligned chip
+    "face": Profile("face", height=150, width=150, channels=3, normalize="none", detector="mtcnn",
+                    detect_border=0.2),
+    # face chips already aligned like the face profile's (no detection)
+    "face-chip": Profile("face-chip", height=150, width=150, channels=3, normalize="none"),
+    # the small CNN from scratch on roughly framed grey faces (ORL-like), no detection
+    "face-small": Profile("face-small", height=56, width=46),
+    "signature": Profile("signature", height=64, width=160, normalize="unit", ink_crop=True,
+                         invert=True, allow_flip=False),
+    "product": Profile("product", height=28, width=28, normalize="unit"),
+}
+
+
+def get_profile(name):
+    """The named built-in profile, or a ValueError listing the known ones."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; known: {', '.join(sorted(PROFILES))}") from None
+
+
+def _to_channels(image, channels):
+    """uint8 HxWxC with C in (1, 3) converted to the profile's channel count."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if channels == 1 and image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[:, :, None]
+    if channels == 3 and image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    return image
+
+
+def _centre_crop_to_aspect(image, height, width):
+    """Crop the longer side so the aspect ratio matches the target before resizing."""
+    rows, cols = image.shape[:2]
+    target = width / height
+    if cols / rows > target:
+        keep = max(1, round(rows * target))
+        start = (cols - keep) // 2
+        return image[:, start:start + keep]
+    keep = max(1, round(cols / target))
+    start = (rows - keep) // 2
+    return image[start:start + keep, :]
+
+
+def ink_crop(gray, height, width, margin=0.05):
+    """Crop a signature (dark ink on light paper) to its ink and pad it to the target aspect.
+
+    Ink is found with Otsu's threshold; an image with no ink is returned whole. Padding uses
+    the paper colour (the image's median) so the signature keeps its proportions.
+    """
+    _, mask = cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
+    points = cv2.findNonZero(mask)
+    if points is None or gray.max() - gray.min() < 16:
+        return gray
+    x, y, w, h = cv2.boundingRect(points)
+    pad = int(round(margin * max(w, h)))
+    rows, cols = gray.shape
+    x0, y0 = max(0, x - pad), max(0, y - pad)
+    x1, y1 = min(cols, x + w + pad), min(rows, y + h + pad)
+    crop = gray[y0:y1, x0:x1]
+    paper = int(np.median(gray))
+    rows, cols = crop.shape
+    target = width / height
+    if cols / rows < target:
+        extra = round(rows * target) - cols
+        crop = cv2.copyMakeBorder(crop, 0, 0, extra // 2, extra - extra // 2, cv2.BORDER_CONSTANT, value=paper)
+    else:
+        extra = round(cols / target) - rows
+        crop = cv2.copyMakeBorder(crop, extra // 2, extra - extra // 2, 0, 0, cv2.BORDER_CONSTANT, value=paper)
+    return crop
+
+
+def preprocess(image, profile):
+    """uint8 HxWxC (or HxW) image -> float32 array of shape `profile.input_shape`."""
+    image = _to_channels(np.asarray(image, dtype=np.uint8), profile.channels)
+    if profile.ink_crop:
+        image = ink_crop(image[:, :, 0], profile.height, profile.width)[:, :, None]
+    else:
+        image = _centre_crop_to_aspect(image, profile.height, profile.width)
+    resized = cv2.resize(image, (profile.width, profile.height), interpolation=cv2.INTER_AREA)
+    resized = resized.reshape(profile.input_shape).astype(np.float32)
+    if profile.normalize == "none":
+        return 255.0 - resized if profile.invert else resized
+    resized /= 255.0
+    if profile.invert:
+        resized = 1.0 - resized
+    if profile.normalize == "standardize":
+        resized = (resized - resized.mean()) / max(float(resized.std()), 1e-3)
+    return resized
+
+
+def preprocess_batch(images, profile):
+    """A list of decoded images -> one float32 batch of shape (N, H, W, C)."""
+    out = np.empty((len(images),) + profile.input_shape, dtype=np.float32)
+    for i, image in enumerate(images):
+        out[i] = preprocess(image, profile)
+    return out

@@ -1,0 +1,238 @@
+"""The pair scorer: decoded images -> embeddings (fast path) -> distances -> calibrated decisions.
+
+Used by the HTTP API, the CLI and enrollment. Loading picks the fastest path that agrees
+with model.keras:
+
+1. the bundle's TFLite export (`model.tflite`, see `verifier.core.fastpath`), built and written
+   into the bundle first if it is missing or stale (kept in memory if the bundle is
+   read-only), checked on probe inputs against model.keras's embeddings;
+2. otherwise, or if that check fails, the fixed-signature `tf.function` Embedder.
+
+`model.predict` is never used. Decisions come only from calibration.json: an uncalibrated
+bundle embeds but does not decide (503), rather than inventing a threshold.
+"""
+
+import logging
+import math
+import time
+
+import numpy as np
+
+from verifier.core import fastpath
+from verifier.core.acquisition import acquire_all, detector_for
+from verifier.core.bundle import load_bundle, load_model
+from verifier.core.decisions import probability_same, threshold_at_fmr
+from verifier.core.distances import pair_distances
+from verifier.core.embedder import Embedder
+from verifier.core.errors import VerifierError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "tflite", "tf.function")
+
+
+class Scorer:
+    """A bundle ready to embed images and turn distances into decisions."""
+
+    def __init__(self, bundle, embedder, *, backend, agreement=None):
+        self.bundle = bundle
+        self.embedder = embedder
+        self.backend = backend
+        self.agreement = agreement  # max abs embedding difference vs model.keras (None: is model.keras)
+        self.warm = False
+
+    @classmethod
+    def from_bundle(cls, path, *, backend="auto", write_export=True):
+        """Load a bundle directory; `backend` "auto" prefers TFLite and falls back to tf.function."""
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+        bundle = load_bundle(path, with_model=False)
+        if backend != "tf.function":
+            try:
+                return cls._tflite(bundle, write_export)
+            except Exception as exc:  # any failure of the fast path leaves the safe one
+                if backend == "tflite":
+                    raise
+                log.warning("TFLite fast path unavailable for bundle %s (%s); using tf.function",
+                            bundle.bundle_id, exc)
+        if bundle.model is None:
+            bundle.model = load_model(bundle.path, bundle.meta)
+        return cls(bundle, Embedder.from_bundle(bundle), backend="tf.function")
+
+    @classmethod
+    def _tflite(cls, bundle, write_export):
+        export = fastpath.read_export(bundle)
+        if export is None:
+            bundle.model = load_model(bundle.path, bundle.meta)
+            export = fastpath.build_export(bundle)
+            if write_export:
+                try:
+                    fastpath.write_export(bundle.path, *export)
+                except OSError as exc:
+                    log.warning("could not write %s into %s (%s); keeping it in memory",
+                                fastpath.TFLITE_FILE, bundle.path, exc)
+        data, record = export
+        embedder = fastpath.TFLiteEmbedder(data)
+        diff = fastpath.check_agreement(embedder, record, bundle.profile)
+        if not diff <= fastpath.TOLERANCE:
+            raise VerifierError(f"TFLite export disagrees with model.keras: max abs embedding "
+                                f"difference {diff:.3g} > {fastpath.TOLERANCE:g}", code="export_mismatch")
+        log.info("fast path %s agrees with model.keras: max abs embedding difference %.3g on %d inputs",
+                 embedder.name, diff, record["probe_count"])
+        return cls(bundle, embedder, backend=embedder.name, agreement=diff)
+
+    # -- what the bundle is ----------------------------------------------------------------
+
+    @property
+    def bundle_id(self):
+        return self.bundle.bundle_id
+
+    @property
+    def profile(self):
+        return self.bundle.profile
+
+    @property
+    def metric(self):
+        return self.bundle.metric
+
+    @property
+    def calibration(self):
+        return self.bundle.calibration
+
+    @property
+    def calibration_id(self):
+        return self.calibration["calibration_id"] if self.calibration else None
+
+    def describe(self):
+        """The identifying fields every answer carries."""
+        return {"model": self.bundle_id, "calibration_id": self.calibration_id,
+                "profile": self.profile.name, "metric": self.metric, "backend": self.backend}
+
+    # -- embedding ---------------------------------------------------------------------------
+
+    def acquire(self, images, names=None):
+        """Decoded uint8 images -> `Acquired` model inputs (faces detected and aligned where the
+        profile asks); 422 `no_face` naming the first image without a face."""
+        return acquire_all(images, self.profile, names)
+
+    def embed(self, images, names=None):
+        """Decoded uint8 images -> (N, D) float32 embeddings, with the bundle's preprocessing."""
+        return self.embed_inputs(self.acquire(images, names).inputs)
+
+    def embed_inputs(self, inputs):
+        """Preprocessed model inputs -> (N, D) float32 embeddings."""
+        if len(inputs) == 0:
+            return np.zeros((0, int(self.bundle.meta["embedding_size"])), np.float32)
+        return np.asarray(self.embedder.embed_batch(inputs), np.float32)
+
+    def warm_up(self):
+        """Run the sizes requests use (one pair, a small batch) once, so the first request is not slow."""
+        probes = fastpath.probe_inputs(self.profile, count=8)
+        if self.profile.detector:
+            detector_for(self.profile).detect(np.full((120, 100, 3), 128, np.uint8))
+        self.embedder.embed_batch(probes[:2])
+        self.embedder.embed_batch(probes)
+        self.warm = True
+        return self
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def resolve(self, *, threshold=None, target_fmr=None, section=None):
+        """(threshold, policy) for a decision: the calibration's, or the request's override.
+
+        `section` is a calibration dict with "policy", "threshold", "confidence" and
+        "operating_points" (default: calibration.json's top level; enrollment passes its
+        "fusion" section). Raises 503 `not_calibrated` without one, 422 for an override
+        that the calibration cannot honour.
+        """
+        section = self._section(section)
+        if threshold is not None and target_fmr is not None:
+            raise VerifierError("give threshold or target_fmr, not both", code="conflicting_options", status=422)
+        if threshold is not None:
+            value = _number(threshold, "threshold")
+            if value < 0:
+                raise VerifierError(f"threshold must be a distance >= 0, got {value:g}",
+                                    code="invalid_threshold", status=422)
+            return value, f"request:threshold={value:g}"
+        if target_fmr is not None:
+            target = _number(target_fmr, "target_fmr")
+            return self._threshold_for_fmr(section, target), f"request:target_fmr={target:g}"
+        return float(section["threshold"]), section["policy"]
+
+    def decide(self, distances, *, threshold=None, target_fmr=None, section=None):
+        """Distances -> [{distance, decision, confidence, threshold, policy}] (accept distance <= threshold)."""
+        section = self._section(section)
+        limit, policy = self.resolve(threshold=threshold, target_fmr=target_fmr, section=section)
+        distances = np.asarray(distances, dtype=np.float64).reshape(-1)
+        confidence = probability_same(distances, section["confidence"])
+        return [{"distance": float(d), "decision": "same" if d <= limit else "different",
+                 "confidence": float(p), "threshold": limit, "policy": policy}
+                for d, p in zip(distances, np.atleast_1d(confidence))]
+
+    def verify(self, images_a, images_b, *, threshold=None, target_fmr=None, names=None):
+        """Pairs of decoded images -> (decisions, timings in ms); options are checked before embedding.
+
+        `names` (one per image of images_a + images_b) name an image without a face in the
+        422. Where the profile detects faces, each decision carries the two faces found.
+        """
+        self.resolve(threshold=threshold, target_fmr=target_fmr)
+        start = time.perf_counter()
+        acquired = self.acquire(list(images_a) + list(images_b), names)
+        aligned = time.perf_counter()
+        embeddings = self.embed_inputs(acquired.inputs)
+        embedded = time.perf_counter()
+        n = len(images_a)
+        decisions = self.decide(pair_distances(embeddings[:n], embeddings[n:], self.metric),
+                                threshold=threshold, target_fmr=target_fmr)
+        if self.profile.detector:
+            for i, decision in enumerate(decisions):
+                decision["faces"] = [acquired.faces[i].to_dict(), acquired.faces[n + i].to_dict()]
+        return decisions, {"acquire": _ms(aligned - start), "embed": _ms(embedded - aligned),
+                           "decide": _ms(time.perf_counter() - embedded)}
+
+    def _section(self, section):
+        section = self.calibration if section is None else section
+        if section is None:
+            raise VerifierError(f"bundle {self.bundle_id} is not calibrated (no calibration.json): run "
+                                "calibration on it before verifying; no threshold is made up",
+                                code="not_calibrated", status=503)
+        return section
+
+    @staticmethod
+    def _threshold_for_fmr(section, target):
+        if not 0 < target < 1:
+            raise VerifierError(f"target_fmr must lie strictly between 0 and 1, got {target:g}",
+                                code="unsupported_target_fmr", status=422)
+        points = section.get("operating_points")
+        if not points or not points.get("fmr"):
+            raise VerifierError("this calibration has no operating points, so target_fmr cannot be "
+                                "looked up; give a threshold instead", code="unsupported_target_fmr", status=422)
+        finest = _finest_supported_fmr(points["fmr"])
+        value = threshold_at_fmr(points, target)
+        if value is None or target < finest:
+            raise VerifierError(f"target_fmr={target:g} is finer than the calibration supports: its dev "
+                                f"impostor comparisons support targets >= {finest:.3g} (rule of three)",
+                                code="unsupported_target_fmr", status=422)
+        return value
+
+
+def _finest_supported_fmr(fmr):
+    """3/N for N impostor comparisons, N read off the curve's smallest non-zero FMR step (1/N)."""
+    positive = np.asarray(fmr, dtype=np.float64)
+    positive = positive[positive > 0]
+    return min(1.0, 3.0 * float(positive.min())) if len(positive) else 1.0
+
+
+def _number(value, name):
+    """A finite float from a JSON number or form text, else a 400 naming the option."""
+    try:
+        number = float(None if isinstance(value, bool) else value)
+    except (TypeError, ValueError):
+        raise VerifierError(f"{name} must be a number, got {value!r}", code="invalid_option") from None
+    if not math.isfinite(number):
+        raise VerifierError(f"{name} must be a finite number, got {value!r}", code="invalid_option")
+    return number
+
+
+def _ms(seconds):
+    return round(seconds * 1000.0, 3)

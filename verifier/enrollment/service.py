@@ -1,0 +1,204 @@
+"""Enrollment and subject search: the logic between the routes / CLI and the store.
+
+    enroll    quality-check images, embed the good ones with the current bundle, store them
+              in one transaction tagged with the bundle id; failures to enrol are reported
+    verify    a probe against a claimed subject's templates, fused with the calibrated rule
+    identify  1:N: the top-k subjects by fused distance, "no match" when none passes
+    reembed   move templates to the current bundle where images were kept; list the rest
+
+Templates made by another bundle are never compared with the current one. The fusion rule,
+threshold and confidence map come from calibration.json's "fusion" section, fitted with
+the same protocol (k enrolled images per held-out identity, the rest as probes), so a
+subject decision means what a pair decision means.
+"""
+
+import threading
+import time
+
+from verifier.core.acquisition import acquire
+from verifier.core.errors import VerifierError
+from verifier.core.fusion import fused_distances
+from verifier.core.images import decode_image
+from verifier.enrollment import quality
+from verifier.enrollment.gallery import Gallery
+from verifier.enrollment.store import Conflict, check_subject_id
+
+MAX_TOP_K = 100
+REEMBED_BATCH = 64
+
+
+class FailureToEnrol(VerifierError):
+    """No image of an enrollment passed the quality check (422); `failures` says why, per image."""
+
+    status = 422
+    code = "failure_to_enrol"
+
+    def __init__(self, message, failures):
+        super().__init__(message)
+        self.failures = failures
+
+
+class NotCalibrated(VerifierError):
+    """Subject decisions need calibration.json's "fusion" section (503)."""
+
+    status = 503
+    code = "not_calibrated"
+
+
+class EnrollmentService:
+    """Enrollment, subject verify, identify and re-embed for one scorer and one store."""
+
+    def __init__(self, store, scorer):
+        self.store = store
+        self.scorer = scorer
+        self._gallery = None
+        self._lock = threading.Lock()
+
+    # -- calibration --------------------------------------------------------------------
+
+    def fusion(self):
+        """calibration.json's "fusion" section, or a 503 saying how to get one."""
+        calibration = self.scorer.calibration
+        if not calibration:
+            raise NotCalibrated("the bundle is not calibrated: run `python -m calibration` on it first")
+        section = calibration.get("fusion")
+        if not section:
+            raise NotCalibrated("calibration.json has no \"fusion\" section, so subject decisions have no "
+                                "calibrated threshold: recalibrate with template fusion")
+        return section
+
+    def _result(self, distances, threshold, target_fmr):
+        return self.scorer.decide(distances, threshold=threshold, target_fmr=target_fmr, section=self.fusion())
+
+    def gallery(self):
+        """This worker's cached gallery for the current bundle and fusion rule."""
+        rule = self.fusion()["rule"]
+        with self._lock:
+            if self._gallery is None or self._gallery.rule != rule:
+                self._gallery = Gallery(self.store, self.scorer.bundle_id, self.scorer.metric, rule)
+            return self._gallery
+
+    # -- enroll -------------------------------------------------------------------------
+
+    def enroll(self, subject_id, images, *, raw=None, create=False, metadata=None):
+        """Enroll decoded `images` (with their encoded bytes in `raw`, kept if the store keeps images).
+
+        Images failing the quality check are skipped and reported; the rest are stored in
+        one transaction. When none passes, nothing is stored and FailureToEnrol is raised.
+        """
+        check_subject_id(subject_id)
+        if not images:
+            raise VerifierError("no image to enroll", code="missing_image")
+        started = time.perf_counter()
+        failures, keep = [], []
+        for i, image in enumerate(images):
+            reason = quality.check(image, self.scorer.profile)
+            if reason:
+                failures.append({"index": i, "reason": reason})
+            else:
+                keep.append(i)
+        acquired = acquire([images[i] for i in keep], self.scorer.profile)
+        failures += [{"index": keep[j], "reason": "no face found"} for j in acquired.failed]
+        failures.sort(key=lambda failure: failure["index"])
+        keep = [i for i, ok in zip(keep, acquired.acquired) if ok]
+        if not keep:
+            raise FailureToEnrol(f"no image could be enrolled: {failures[0]['reason']}"
+                                 + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""), failures)
+        embeddings = self.scorer.embed_inputs(acquired.inputs)
+        kept_raw = [raw[i] for i in keep] if raw is not None else None
+        ids = self.store.add_templates(subject_id, self.scorer.bundle_id, embeddings, kept_raw,
+                                       create=create, metadata=metadata)
+        return {"subject_id": subject_id, "template_ids": ids, "enrolled": len(ids),
+                "failures": failures, "failure_to_enrol": len(failures), "model": self.scorer.bundle_id,
+                "timings_ms": {"total": round(1000 * (time.perf_counter() - started), 2)}}
+
+    # -- verify -------------------------------------------------------------------------
+
+    def current_templates(self, subject_id):
+        """The subject's templates made by the current bundle; 409 when it has only others."""
+        by_bundle = self.store.subject_embeddings(subject_id)
+        current = by_bundle.get(self.scorer.bundle_id)
+        if current is not None:
+            return current
+        if not by_bundle:
+            raise Conflict(f"subject {subject_id!r} has no templates: enroll images first", code="no_templates")
+        others = ", ".join(f"{n} made by bundle {bundle}" for bundle, n in
+                           sorted((b, len(m)) for b, m in by_bundle.items()))
+        raise Conflict(f"subject {subject_id!r} has templates only from another model ({others}); the "
+                       f"service runs bundle {self.scorer.bundle_id} and never compares across models: "
+                       f"run `python -m verifier reembed` (where images were kept) or re-enroll the subject",
+                       code="bundle_mismatch")
+
+    def verify(self, subject_id, probe, *, threshold=None, target_fmr=None):
+        """A decoded probe image against the claimed subject, with the calibrated fusion rule."""
+        started = time.perf_counter()
+        fusion = self.fusion()
+        templates = self.current_templates(subject_id)
+        loaded = time.perf_counter()
+        embedding = self.scorer.embed([probe], names=["the probe"])
+        embedded = time.perf_counter()
+        distance = fused_distances(embedding, templates, self.scorer.metric, fusion["rule"])
+        result = self._result(distance, threshold, target_fmr)[0]
+        done = time.perf_counter()
+        return {**result, "subject_id": subject_id, "model": self.scorer.bundle_id,
+                "calibration_id": self.scorer.calibration_id,
+                "fusion": {"rule": fusion["rule"], "templates": int(len(templates))},
+                "timings_ms": {"load": round(1000 * (loaded - started), 2),
+                               "embed": round(1000 * (embedded - loaded), 2),
+                               "compare": round(1000 * (done - embedded), 2)}}
+
+    # -- identify -----------------------------------------------------------------------
+
+    def identify(self, probe, *, top_k=5, threshold=None, target_fmr=None):
+        """Top-k subjects for a decoded probe; `match` is null when none passes the threshold."""
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
+            raise VerifierError(f"top_k must be an integer from 1 to {MAX_TOP_K}", code="invalid_top_k")
+        started = time.perf_counter()
+        gallery = self.gallery()
+        embedding = self.scorer.embed([probe], names=["the probe"])[0]
+        embedded = time.perf_counter()
+        hits = gallery.search(embedding, top_k)
+        decisions = self._result([d for _, d, _ in hits], threshold, target_fmr) if hits else []
+        candidates = [{"subject_id": subject, "distance": dec["distance"], "decision": dec["decision"],
+                       "confidence": dec["confidence"], "templates": count}
+                      for (subject, _, count), dec in zip(hits, decisions)]
+        match = candidates[0]["subject_id"] if candidates and candidates[0]["decision"] == "same" else None
+        threshold_used, policy = self.scorer.resolve(threshold=threshold, target_fmr=target_fmr, section=self.fusion())
+        snap = gallery.snapshot()
+        return {"match": match, "decision": "match" if match else "no_match", "candidates": candidates,
+                "threshold": threshold_used, "policy": policy,
+                "fusion": {"rule": gallery.rule},
+                "gallery": {"subjects": len(snap.subjects), "templates": int(len(snap.templates))},
+                "model": self.scorer.bundle_id, "calibration_id": self.scorer.calibration_id,
+                "timings_ms": {"embed": round(1000 * (embedded - started), 2),
+                               "search": round(1000 * (time.perf_counter() - embedded), 2)}}
+
+    # -- re-embed -----------------------------------------------------------------------
+
+    def reembed(self, *, dry_run=False):
+        """Re-embed every other-bundle template whose image was kept; list subjects to re-enroll.
+
+        Templates move to the current bundle in batches, each one transaction. A kept image
+        that no longer decodes counts as not kept.
+        """
+        stale = self.store.stale_templates(self.scorer.bundle_id)
+        with_image = [tid for tid, _, _, has in stale if has]
+        must_reenroll = {subject for _, subject, _, has in stale if not has}
+        subject_of = {tid: subject for tid, subject, _, _ in stale}
+        reembedded = 0
+        if not dry_run:
+            for start in range(0, len(with_image), REEMBED_BATCH):
+                batch = with_image[start:start + REEMBED_BATCH]
+                images, ids = [], []
+                for tid, data in self.store.template_images(batch).items():
+                    try:
+                        images.append(decode_image(data))
+                        ids.append(tid)
+                    except VerifierError:
+                        must_reenroll.add(subject_of[tid])
+                if ids:
+                    embeddings = self.scorer.embed(images)
+                    reembedded += self.store.replace_embeddings(self.scorer.bundle_id, list(zip(ids, embeddings)))
+        return {"model": self.scorer.bundle_id, "stale_templates": len(stale),
+                "reembeddable": len(with_image), "reembedded": reembedded, "dry_run": dry_run,
+                "must_reenroll": sorted(must_reenroll)}

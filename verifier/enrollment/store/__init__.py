@@ -1,0 +1,32 @@
+"""The enrollment store: subjects, their templates and API keys, in SQLite or PostgreSQL.
+
+    open_store("sqlite:///verifier.db")                      one file (the default)
+    open_store("postgresql://user:pass@host:5432/verifier")  shared by many workers/machines
+
+`open_store` connects and applies pending migrations, so a clear error (a missing
+directory, an unreachable server) comes at start-up rather than at the first request.
+"""
+
+from verifier.enrollment.store.base import SqlStore, check_metadata, check_subject_id
+from verifier.enrollment.store.errors import Conflict, NotFound, StoreUnavailable
+
+DEFAULT_URL = "sqlite:///verifier.db"
+
+__all__ = ["Conflict", "DEFAULT_URL", "NotFound", "SqlStore", "StoreUnavailable", "check_metadata",
+           "check_subject_id", "open_store"]
+
+
+def open_store(url=None, *, keep_images=False, migrate=True):
+    """A store for `url` (default `DEFAULT_URL`), migrated to the latest schema unless told not to."""
+    url = url or DEFAULT_URL
+    if url.startswith("sqlite:"):
+        from verifier.enrollment.store.sqlite import SqliteStore as cls
+    elif url.startswith(("postgresql:", "postgres:")):
+        from verifier.enrollment.store.postgres import PostgresStore as cls
+    else:
+        raise StoreUnavailable(f"unsupported DATABASE_URL {url.split(':', 1)[0]!r}: "
+                               "use sqlite:///PATH or postgresql://USER:PASS@HOST:PORT/DB")
+    store = cls(url, keep_images=keep_images)
+    if migrate:
+        store.migrate()
+    return store

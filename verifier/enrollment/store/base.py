@@ -1,0 +1,370 @@
+"""The store's operations, written once in SQL that SQLite and PostgreSQL both run.
+
+A dialect subclass supplies only what differs: how to connect, how to begin a
+transaction (and lock for a migration), the placeholder style and the byte-string type.
+Every write runs in one transaction, so an enrollment of several images lands whole or
+not at all, even when the process is killed in the middle. Every write that changes
+the templates also bumps `store_state.version` (and `removals` when rows go away or
+change), which per-worker caches compare against; new templates carry the version of the
+transaction that wrote them, so a cache can fetch just the rows it has not seen.
+"""
+
+import json
+import os
+import re
+import threading
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+import numpy as np
+
+from verifier.core.errors import VerifierError
+from verifier.enrollment.store import schema
+from verifier.enrollment.store.errors import Conflict, NotFound, StoreUnavailable
+
+SUBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+MAX_METADATA_BYTES = 16 * 1024
+MAX_PAGE = 1000
+
+
+def now():
+    """UTC time as ISO 8601 text: sortable, and the same in both dialects."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def check_subject_id(subject_id):
+    """A subject id is 1-128 characters of letters, digits and . _ : @ -, starting alphanumeric."""
+    if not isinstance(subject_id, str) or not SUBJECT_ID.fullmatch(subject_id):
+        raise VerifierError("subject id must be 1-128 characters of letters, digits and . _ : @ - "
+                            "starting with a letter or digit", code="invalid_subject_id")
+    return subject_id
+
+
+def check_metadata(metadata):
+    """Metadata is a JSON object of at most 16 KiB; returns its canonical text."""
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise VerifierError("metadata must be a JSON object", code="invalid_metadata")
+    text = json.dumps(metadata, sort_keys=True, separators=(",", ":"))
+    if len(text.encode()) > MAX_METADATA_BYTES:
+        raise VerifierError(f"metadata is larger than {MAX_METADATA_BYTES} bytes", code="invalid_metadata")
+    return text
+
+
+def embedding_bytes(vector):
+    """One embedding as little-endian float32 bytes, the stored form."""
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def embedding_matrix(blobs):
+    """Stored float32 bytes -> an (N, D) float32 matrix."""
+    if not blobs:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.frombuffer(b"".join(bytes(b) for b in blobs), dtype="<f4").reshape(len(blobs), -1)
+
+
+class Tx:
+    """One open transaction: runs parameterised SQL written with `?` placeholders."""
+
+    def __init__(self, cursor, placeholder):
+        self._cursor = cursor
+        self._placeholder = placeholder
+
+    def run(self, sql, params=()):
+        if self._placeholder != "?":
+            sql = sql.replace("?", self._placeholder)
+        self._cursor.execute(sql, params)
+        return self._cursor
+
+    def one(self, sql, params=()):
+        return self.run(sql, params).fetchone()
+
+    def all(self, sql, params=()):
+        return self.run(sql, params).fetchall()
+
+    @property
+    def rowcount(self):
+        return self._cursor.rowcount
+
+
+class SqlStore:
+    """Subjects, templates and API keys in a SQL database; one connection per thread and process."""
+
+    dialect = None
+    blob_type = None
+    placeholder = "?"
+    integrity_errors = ()  # the driver's exception for a broken foreign key or unique constraint
+    connection_errors = ()  # the driver's exceptions for a lost or refused connection
+
+    def __init__(self, url, *, keep_images=False):
+        self.url = url
+        self.keep_images = keep_images
+        self._local = threading.local()
+        self._pid = os.getpid()
+
+    # -- what a dialect supplies -------------------------------------------------------
+
+    def _connect(self):
+        raise NotImplementedError
+
+    def _begin(self, conn, write, exclusive):
+        """A context manager around one transaction on `conn` yielding a DB-API cursor."""
+        raise NotImplementedError
+
+    def describe(self):
+        """Where the data lives, without secrets (for messages and /readyz)."""
+        raise NotImplementedError
+
+    # -- connections and transactions --------------------------------------------------
+
+    def _connection(self):
+        """This thread's connection; a forked child never reuses its parent's."""
+        if os.getpid() != self._pid:
+            self._local = threading.local()
+            self._pid = os.getpid()
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    def _drop_connection(self):
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # already broken: nothing more to release
+                pass
+
+    @contextmanager
+    def transaction(self, write=False, exclusive=False):
+        """A transaction as a `Tx`; committed on success, rolled back on any exception."""
+        conn = self._connection()
+        try:
+            with self._begin(conn, write, exclusive) as cursor:
+                yield Tx(cursor, self.placeholder)
+        except self.connection_errors as exc:
+            self._drop_connection()
+            raise StoreUnavailable(f"store {self.describe()} failed: {exc}".strip()) from None
+
+    def close(self):
+        """Close this thread's connection (others close when their threads end)."""
+        self._drop_connection()
+
+    # -- schema ------------------------------------------------------------------------
+
+    def migrate(self, target=schema.LATEST):
+        """Bring the schema up to `target`, once, even with several processes racing."""
+        with self.transaction(write=True, exclusive=True) as tx:
+            version = schema.migrate(tx, self.blob_type, target)
+        if version > schema.LATEST:
+            raise StoreUnavailable(f"store {self.describe()} has schema version {version}, newer than "
+                                   f"this verifier understands ({schema.LATEST}): upgrade the verifier")
+        return version
+
+    def schema_version(self):
+        with self.transaction() as tx:
+            return tx.one("SELECT version FROM schema_version")[0]
+
+    def version(self):
+        """The change counter: it moves whenever templates are added, changed or deleted."""
+        return self.state()[0]
+
+    def state(self):
+        """(version, removals): the change counter and the count of changes that removed rows."""
+        with self.transaction() as tx:
+            version, removals = tx.one("SELECT version, removals FROM store_state WHERE id = 1")
+        return int(version), int(removals)
+
+    @staticmethod
+    def _bump(tx, removal=False):
+        """Move the change counter (taking its row lock until commit); returns the new version."""
+        extra = ", removals = removals + 1" if removal else ""
+        return int(tx.one(f"UPDATE store_state SET version = version + 1{extra} WHERE id = 1 RETURNING version")[0])
+
+    # -- subjects ----------------------------------------------------------------------
+
+    def create_subject(self, subject_id, metadata=None):
+        """Create a subject; Conflict when the id is taken. Returns the subject as a dict."""
+        check_subject_id(subject_id)
+        text = check_metadata(metadata)
+        created = now()
+        with self.transaction(write=True) as tx:
+            tx.run("INSERT INTO subjects (id, metadata, created) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                   (subject_id, text, created))
+            if tx.rowcount != 1:
+                raise Conflict(f"subject {subject_id!r} already exists", code="subject_exists")
+        return {"id": subject_id, "metadata": json.loads(text), "created": created, "template_count": 0,
+                "templates_by_bundle": {}}
+
+    def get_subject(self, subject_id):
+        """A subject with its template counts per bundle; NotFound when absent."""
+        with self.transaction() as tx:
+            row = tx.one("SELECT id, metadata, created FROM subjects WHERE id = ?", (subject_id,))
+            if row is None:
+                raise NotFound(f"subject {subject_id!r} not found", code="subject_not_found")
+            counts = tx.all("SELECT bundle_id, COUNT(*) FROM templates WHERE subject_id = ? "
+                            "GROUP BY bundle_id ORDER BY bundle_id", (subject_id,))
+        by_bundle = {bundle: int(n) for bundle, n in counts}
+        return {"id": row[0], "metadata": json.loads(row[1]), "created": row[2],
+                "template_count": sum(by_bundle.values()), "templates_by_bundle": by_bundle}
+
+    def list_subjects(self, limit=50, after=None):
+        """One page of subjects in id order after the id `after`; returns (subjects, next_after, total)."""
+        limit = max(1, min(int(limit), MAX_PAGE))
+        with self.transaction() as tx:
+            rows = tx.all(
+                "SELECT s.id, s.metadata, s.created, COUNT(t.id) FROM subjects s "
+                "LEFT JOIN templates t ON t.subject_id = s.id WHERE s.id > ? "
+                "GROUP BY s.id, s.metadata, s.created ORDER BY s.id LIMIT ?",
+                (after or "", limit + 1))
+            total = tx.one("SELECT COUNT(*) FROM subjects")[0]
+        subjects = [{"id": r[0], "metadata": json.loads(r[1]), "created": r[2], "template_count": int(r[3])}
+                    for r in rows[:limit]]
+        next_after = subjects[-1]["id"] if len(rows) > limit else None
+        return subjects, next_after, int(total)
+
+    def delete_subject(self, subject_id):
+        """Delete a subject and (by cascade) its templates; NotFound when absent."""
+        with self.transaction(write=True) as tx:
+            tx.run("DELETE FROM subjects WHERE id = ?", (subject_id,))
+            if tx.rowcount != 1:
+                raise NotFound(f"subject {subject_id!r} not found", code="subject_not_found")
+            self._bump(tx, removal=True)
+
+    # -- templates ---------------------------------------------------------------------
+
+    def add_templates(self, subject_id, bundle_id, embeddings, images=None, *, create=False, metadata=None):
+        """Store several embeddings for one subject in ONE transaction; returns their ids.
+
+        `images` (encoded bytes, one per embedding) are kept only when the store was opened
+        with keep_images. `create=True` creates a missing subject in the same transaction.
+        """
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if embeddings.ndim != 2 or len(embeddings) == 0:
+            raise ValueError("embeddings must be a non-empty (N, D) array")
+        if images is not None and len(images) != len(embeddings):
+            raise ValueError("one image per embedding")
+        check_subject_id(subject_id)
+        text = check_metadata(metadata)
+        created = now()
+        ids = [uuid.uuid4().hex for _ in embeddings]
+        rows = [(tid, subject_id, bundle_id, embedding_bytes(vector),
+                 bytes(images[i]) if self.keep_images and images is not None else None, created)
+                for i, (tid, vector) in enumerate(zip(ids, embeddings))]
+        try:
+            with self.transaction(write=True) as tx:
+                if create:
+                    tx.run("INSERT INTO subjects (id, metadata, created) VALUES (?, ?, ?) "
+                           "ON CONFLICT (id) DO NOTHING", (subject_id, text, created))
+                elif tx.one("SELECT 1 FROM subjects WHERE id = ?", (subject_id,)) is None:
+                    raise NotFound(f"subject {subject_id!r} not found", code="subject_not_found")
+                version = self._bump(tx)
+                for row in rows:
+                    tx.run("INSERT INTO templates (id, subject_id, bundle_id, embedding, image, created, "
+                           "added_version) VALUES (?, ?, ?, ?, ?, ?, ?)", row + (version,))
+        except self.integrity_errors:  # the subject was deleted between the check and the insert
+            raise NotFound(f"subject {subject_id!r} not found", code="subject_not_found") from None
+        return ids
+
+    def subject_embeddings(self, subject_id):
+        """{bundle_id: (K, D) float32} for one subject, read in one statement; NotFound when absent."""
+        with self.transaction() as tx:
+            rows = tx.all("SELECT s.id, t.bundle_id, t.embedding FROM subjects s "
+                          "LEFT JOIN templates t ON t.subject_id = s.id WHERE s.id = ? "
+                          "ORDER BY t.added_version, t.id",
+                          (subject_id,))
+        if not rows:
+            raise NotFound(f"subject {subject_id!r} not found", code="subject_not_found")
+        grouped = {}
+        for _, bundle_id, blob in rows:
+            if bundle_id is not None:
+                grouped.setdefault(bundle_id, []).append(blob)
+        return {bundle_id: embedding_matrix(blobs) for bundle_id, blobs in grouped.items()}
+
+    def gallery(self, bundle_id, after=-1, upto=None):
+        """One bundle's templates written at versions in (after, upto], as (subject ids, (M, D) embeddings).
+
+        Rows come grouped by subject, each subject's in the order `subject_embeddings` uses (so
+        fused distances agree to the last bit). A cache loads everything up to the version it
+        read (`upto`), then later only what came after it.
+        """
+        upto = (1 << 62) if upto is None else upto
+        with self.transaction() as tx:
+            rows = tx.all("SELECT subject_id, embedding FROM templates WHERE bundle_id = ? "
+                          "AND added_version > ? AND added_version <= ? ORDER BY subject_id, added_version, id",
+                          (bundle_id, after, upto))
+        return [r[0] for r in rows], embedding_matrix([r[1] for r in rows])
+
+    def count_templates(self, bundle_id=None):
+        with self.transaction() as tx:
+            if bundle_id is None:
+                return int(tx.one("SELECT COUNT(*) FROM templates")[0])
+            return int(tx.one("SELECT COUNT(*) FROM templates WHERE bundle_id = ?", (bundle_id,))[0])
+
+    def stale_templates(self, bundle_id):
+        """Templates made by another bundle: [(template id, subject id, its bundle, has image)]."""
+        with self.transaction() as tx:
+            rows = tx.all("SELECT id, subject_id, bundle_id, image IS NOT NULL FROM templates "
+                          "WHERE bundle_id <> ? ORDER BY subject_id, id", (bundle_id,))
+        return [(r[0], r[1], r[2], bool(r[3])) for r in rows]
+
+    def template_images(self, template_ids):
+        """{template id: kept image bytes} for the given ids that kept one."""
+        if not template_ids:
+            return {}
+        marks = ", ".join("?" for _ in template_ids)
+        with self.transaction() as tx:
+            rows = tx.all(f"SELECT id, image FROM templates WHERE id IN ({marks}) AND image IS NOT NULL",
+                          tuple(template_ids))
+        return {r[0]: bytes(r[1]) for r in rows}
+
+    def replace_embeddings(self, bundle_id, updates):
+        """Re-tag templates with a new bundle's embeddings, all in one transaction.
+
+        `updates` is [(template id, embedding)]; templates deleted meanwhile are skipped.
+        Returns how many rows changed.
+        """
+        changed = 0
+        with self.transaction(write=True) as tx:
+            version = self._bump(tx, removal=True)
+            for template_id, vector in updates:
+                tx.run("UPDATE templates SET bundle_id = ?, embedding = ?, added_version = ? WHERE id = ?",
+                       (bundle_id, embedding_bytes(vector), version, template_id))
+                changed += tx.rowcount
+        return changed
+
+    # -- API keys ----------------------------------------------------------------------
+
+    def add_key(self, name, key_hash):
+        """Store a key's hash under a new id; returns the key record (never the key)."""
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise VerifierError("a key needs a name of 1-200 characters", code="invalid_key_name")
+        key_id = uuid.uuid4().hex[:12]
+        created = now()
+        with self.transaction(write=True) as tx:
+            tx.run("INSERT INTO api_keys (id, name, key_hash, created) VALUES (?, ?, ?, ?)",
+                   (key_id, name, key_hash, created))
+        return {"id": key_id, "name": name, "created": created, "revoked": None}
+
+    def list_keys(self):
+        with self.transaction() as tx:
+            rows = tx.all("SELECT id, name, created, revoked FROM api_keys ORDER BY created, id")
+        return [{"id": r[0], "name": r[1], "created": r[2], "revoked": r[3]} for r in rows]
+
+    def revoke_key(self, key_id):
+        """Mark a key revoked (kept for the record); NotFound when no active key has that id."""
+        with self.transaction(write=True) as tx:
+            tx.run("UPDATE api_keys SET revoked = ? WHERE id = ? AND revoked IS NULL", (now(), key_id))
+            if tx.rowcount != 1:
+                raise NotFound(f"no active API key with id {key_id!r}", code="key_not_found")
+
+    def key_status(self, key_hash):
+        """(whether any active key exists, whether `key_hash` is one of them), in one statement."""
+        with self.transaction() as tx:
+            row = tx.one("SELECT COUNT(*), COALESCE(SUM(CASE WHEN key_hash = ? THEN 1 ELSE 0 END), 0) "
+                         "FROM api_keys WHERE revoked IS NULL", (key_hash or "",))
+        return int(row[0]) > 0, int(row[1]) > 0

@@ -1,0 +1,66 @@
+"""SQLite dialect: one file, WAL so readers never wait for a writer, foreign keys on.
+
+Writes take the database lock at BEGIN (BEGIN IMMEDIATE) so two enrollments never
+deadlock upgrading a read lock; a busy writer is waited for up to `BUSY_TIMEOUT_S`.
+synchronous=FULL: a committed enrollment survives a power cut, not only a killed process.
+"""
+
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+
+from verifier.enrollment.store.base import SqlStore
+from verifier.enrollment.store.errors import StoreUnavailable
+
+BUSY_TIMEOUT_S = 30
+
+
+def path_from_url(url):
+    """sqlite:///relative/path or sqlite:////absolute/path (the SQLAlchemy spelling) -> a Path."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise StoreUnavailable(f"bad SQLite URL {url!r}: use sqlite:///PATH (sqlite:////abs/path for an absolute path)")
+    return Path(url[len(prefix):])
+
+
+class SqliteStore(SqlStore):
+    dialect = "sqlite"
+    blob_type = "BLOB"
+    placeholder = "?"
+    integrity_errors = (sqlite3.IntegrityError,)
+    connection_errors = (sqlite3.OperationalError, sqlite3.DatabaseError)
+
+    def __init__(self, url, **options):
+        super().__init__(url, **options)
+        self.path = path_from_url(url)
+
+    def describe(self):
+        return f"sqlite:///{self.path}"
+
+    def _connect(self):
+        directory = self.path.parent
+        if not directory.is_dir():
+            raise StoreUnavailable(f"the directory of the SQLite database does not exist: {directory} "
+                                   f"(create it, or point DATABASE_URL elsewhere)")
+        try:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from None
+        return conn
+
+    @contextmanager
+    def _begin(self, conn, write, exclusive):
+        cursor = conn.cursor()
+        cursor.execute("BEGIN IMMEDIATE" if write or exclusive else "BEGIN")
+        try:
+            yield cursor
+            cursor.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:  # never leave a half-open transaction on a reused connection
+                cursor.execute("ROLLBACK")
+            raise
