@@ -28,7 +28,6 @@ import os
 import sys
 import time
 from dataclasses import fields
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -18,7 +18,6 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 from calibration.cli import build_parser, run_bundle
 from calibration.confidence import CALIBRATORS

@@ -8,7 +8,6 @@ differs (Keras `predict` rebuilds its machinery per call). Not for production us
 
 import argparse
 import os
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

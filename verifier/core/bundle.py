@@ -10,13 +10,12 @@ Loading is safe (JSON and Keras `safe_mode`, no pickle) and every failure is a
 
 import hashlib
 import json
-import os
 import platform
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from verifier.core.errors import BundleError
+from verifier.core.files import replace_with, write_json_atomic
 from verifier.core.profiles import Profile
 
 FORMAT_VERSION = 1
@@ -36,17 +35,6 @@ def _digest(*chunks):
 
 def _canonical(data):
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _write_json_atomic(path, data):
-    """Write JSON next to its target and rename, so a reader never sees half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the bundle from a service running as another user
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
 
 
 def _read_json(path, what):
@@ -79,9 +67,7 @@ def save_bundle(out_dir, model, *, profile, metric, recipe):
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model_path = out / MODEL_FILE
-    tmp_model = out / (MODEL_FILE + ".tmp.keras")
-    model.save(tmp_model)
-    os.replace(tmp_model, model_path)
+    replace_with(model_path, model.save)
     (out / CALIBRATION_FILE).unlink(missing_ok=True)  # a new model invalidates any old calibration
     meta = {
         "format_version": FORMAT_VERSION,
@@ -93,7 +79,7 @@ def save_bundle(out_dir, model, *, profile, metric, recipe):
         "versions": library_versions(),
     }
     meta["bundle_id"] = _digest(model_path.read_bytes(), _canonical(meta))
-    _write_json_atomic(out / META_FILE, meta)
+    write_json_atomic(out / META_FILE, meta)
     return meta["bundle_id"]
 
 
@@ -132,7 +118,7 @@ def write_calibration(bundle_dir, calibration):
     data = dict(calibration, bundle_id=meta["bundle_id"])
     data.pop("calibration_id", None)
     data["calibration_id"] = _digest(_canonical(data))
-    _write_json_atomic(Path(bundle_dir) / CALIBRATION_FILE, data)
+    write_json_atomic(Path(bundle_dir) / CALIBRATION_FILE, data)
     return data["calibration_id"]
 
 

@@ -20,14 +20,14 @@ check is what catches such a thing.
 
 import hashlib
 import json
-import os
 import threading
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from verifier.core.bundle import MODEL_FILE, _write_json_atomic, load_model
+from verifier.core.bundle import MODEL_FILE, load_model
+from verifier.core.files import write_bytes_atomic, write_json_atomic
 from verifier.core.errors import BundleError
 
 TFLITE_FILE = "model.tflite"
@@ -95,10 +95,8 @@ def build_export(bundle):
 def write_export(bundle_dir, data, record):
     """Write model.tflite then its record (the record last, so a reader never pairs old and new)."""
     out = Path(bundle_dir)
-    tmp = out / (TFLITE_FILE + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, out / TFLITE_FILE)
-    _write_json_atomic(out / RECORD_FILE, record)
+    write_bytes_atomic(out / TFLITE_FILE, data)
+    write_json_atomic(out / RECORD_FILE, record)
 
 
 def read_export(bundle):

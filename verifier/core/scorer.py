@@ -14,7 +14,6 @@ bundle embeds but does not decide (503), rather than inventing a threshold.
 
 import logging
 import math
-import time
 
 import numpy as np
 
@@ -25,6 +24,7 @@ from verifier.core.decisions import probability_same, threshold_at_fmr
 from verifier.core.distances import pair_distances
 from verifier.core.embedder import Embedder
 from verifier.core.errors import VerifierError
+from verifier.core.timing import Stopwatch
 
 log = logging.getLogger(__name__)
 
@@ -176,19 +176,19 @@ class Scorer:
         422. Where the profile detects faces, each decision carries the two faces found.
         """
         self.resolve(threshold=threshold, target_fmr=target_fmr)
-        start = time.perf_counter()
+        clock = Stopwatch()
         acquired = self.acquire(list(images_a) + list(images_b), names)
-        aligned = time.perf_counter()
+        clock.lap("acquire")
         embeddings = self.embed_inputs(acquired.inputs)
-        embedded = time.perf_counter()
+        clock.lap("embed")
         n = len(images_a)
         decisions = self.decide(pair_distances(embeddings[:n], embeddings[n:], self.metric),
                                 threshold=threshold, target_fmr=target_fmr)
+        clock.lap("decide")
         if self.profile.detector:
             for i, decision in enumerate(decisions):
                 decision["faces"] = [acquired.faces[i].to_dict(), acquired.faces[n + i].to_dict()]
-        return decisions, {"acquire": _ms(aligned - start), "embed": _ms(embedded - aligned),
-                           "decide": _ms(time.perf_counter() - embedded)}
+        return decisions, clock.laps
 
     def _section(self, section):
         section = self.calibration if section is None else section
@@ -233,6 +233,3 @@ def _number(value, name):
         raise VerifierError(f"{name} must be a finite number, got {value!r}", code="invalid_option")
     return number
 
-
-def _ms(seconds):
-    return round(seconds * 1000.0, 3)

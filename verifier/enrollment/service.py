@@ -13,12 +13,12 @@ subject decision means what a pair decision means.
 """
 
 import threading
-import time
 
 from verifier.core.acquisition import acquire
 from verifier.core.errors import VerifierError
 from verifier.core.fusion import fused_distances
 from verifier.core.images import decode_image
+from verifier.core.timing import Stopwatch
 from verifier.enrollment import quality
 from verifier.enrollment.gallery import Gallery
 from verifier.enrollment.store import Conflict, check_subject_id
@@ -89,7 +89,7 @@ class EnrollmentService:
         check_subject_id(subject_id)
         if not images:
             raise VerifierError("no image to enroll", code="missing_image")
-        started = time.perf_counter()
+        clock = Stopwatch()
         failures, keep = [], []
         for i, image in enumerate(images):
             reason = quality.check(image, self.scorer.profile)
@@ -110,7 +110,7 @@ class EnrollmentService:
                                        create=create, metadata=metadata)
         return {"subject_id": subject_id, "template_ids": ids, "enrolled": len(ids),
                 "failures": failures, "failure_to_enrol": len(failures), "model": self.scorer.bundle_id,
-                "timings_ms": {"total": round(1000 * (time.perf_counter() - started), 2)}}
+                "timings_ms": {"total": clock.total()}}
 
     # -- verify -------------------------------------------------------------------------
 
@@ -131,21 +131,19 @@ class EnrollmentService:
 
     def verify(self, subject_id, probe, *, threshold=None, target_fmr=None):
         """A decoded probe image against the claimed subject, with the calibrated fusion rule."""
-        started = time.perf_counter()
+        clock = Stopwatch()
         fusion = self.fusion()
         templates = self.current_templates(subject_id)
-        loaded = time.perf_counter()
+        clock.lap("load")
         embedding = self.scorer.embed([probe], names=["the probe"])
-        embedded = time.perf_counter()
+        clock.lap("embed")
         distance = fused_distances(embedding, templates, self.scorer.metric, fusion["rule"])
         result = self._result(distance, threshold, target_fmr)[0]
-        done = time.perf_counter()
+        clock.lap("compare")
         return {**result, "subject_id": subject_id, "model": self.scorer.bundle_id,
                 "calibration_id": self.scorer.calibration_id,
                 "fusion": {"rule": fusion["rule"], "templates": int(len(templates))},
-                "timings_ms": {"load": round(1000 * (loaded - started), 2),
-                               "embed": round(1000 * (embedded - loaded), 2),
-                               "compare": round(1000 * (done - embedded), 2)}}
+                "timings_ms": clock.laps}
 
     # -- identify -----------------------------------------------------------------------
 
@@ -153,11 +151,12 @@ class EnrollmentService:
         """Top-k subjects for a decoded probe; `match` is null when none passes the threshold."""
         if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
             raise VerifierError(f"top_k must be an integer from 1 to {MAX_TOP_K}", code="invalid_top_k")
-        started = time.perf_counter()
+        clock = Stopwatch()
         gallery = self.gallery()
         embedding = self.scorer.embed([probe], names=["the probe"])[0]
-        embedded = time.perf_counter()
+        clock.lap("embed")
         hits = gallery.search(embedding, top_k)
+        clock.lap("search")
         decisions = self._result([d for _, d, _ in hits], threshold, target_fmr) if hits else []
         candidates = [{"subject_id": subject, "distance": dec["distance"], "decision": dec["decision"],
                        "confidence": dec["confidence"], "templates": count}
@@ -170,8 +169,7 @@ class EnrollmentService:
                 "fusion": {"rule": gallery.rule},
                 "gallery": {"subjects": len(snap.subjects), "templates": int(len(snap.templates))},
                 "model": self.scorer.bundle_id, "calibration_id": self.scorer.calibration_id,
-                "timings_ms": {"embed": round(1000 * (embedded - started), 2),
-                               "search": round(1000 * (time.perf_counter() - embedded), 2)}}
+                "timings_ms": clock.laps}
 
     # -- re-embed -----------------------------------------------------------------------
 
