@@ -15,7 +15,7 @@ from calibration import metrics
 from calibration.bootstrap import bootstrap_ci
 from calibration.confidence import CALIBRATORS, cllr, ece, reliability_table
 from calibration.protocol import CalibrationError
-from verifier.core.decisions import probability_same
+from verifier.core.decisions import probability_same, rule_of_three
 
 FMR_TARGETS = (1e-2, 1e-3)
 LEVEL = 0.95
@@ -113,7 +113,7 @@ def _rate(rate, interval):
     since a bootstrap of 0 errors can only return [0, 0]."""
     data = dict(rate.to_dict(), text=str(rate), ci=interval)
     if rate.errors == 0:
-        data["rule_of_three"] = min(1.0, 3 / rate.total)
+        data["rule_of_three"] = rule_of_three(rate.total)
     return data
 
 

@@ -12,6 +12,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy.stats import norm
 
+from verifier.core.decisions import rate_supported_by
+
 EER_METHOD = "linear interpolation between the two operating points where FMR - FNMR changes sign"
 
 
@@ -233,5 +235,5 @@ def supports_rate(n, target):
     target = float(target)
     if not 0 < target < 1:
         raise ValueError(f"a target rate must lie in (0, 1), got {target}")
-    needed = math.ceil(3 / target * (1 - 1e-12))  # guard against 3/t landing a hair above an integer
+    needed = rate_supported_by(target)
     return RateSupport(int(n) >= needed, needed, int(n))

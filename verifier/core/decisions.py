@@ -1,4 +1,4 @@
-"""Read-only use of a calibration: distance -> P(same), and target FMR -> threshold.
+"""The decision rule's arithmetic: distance -> P(same), target FMR -> threshold, the rule of three.
 
 `calibration/` fits these maps and writes their parameters into calibration.json;
 the verifier only evaluates them here, with numpy, so serving needs no scikit-learn.
@@ -13,6 +13,8 @@ calibration.json's "confidence" is one of
 the dev ROC at every distinct distance (FMR non-decreasing in distance).
 """
 
+import math
+
 import numpy as np
 
 _EPS = 1e-6
@@ -25,6 +27,16 @@ def _logit(p):
 
 def _sigmoid(z):
     return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
+
+
+def rule_of_three(n):
+    """The 95% upper bound on a rate observed as 0 errors in `n` trials: 3/n (at most 1)."""
+    return min(1.0, 3.0 / n) if n > 0 else 1.0
+
+
+def rate_supported_by(target):
+    """The fewest trials whose rule-of-three bound reaches `target`: ceil(3 / target)."""
+    return math.ceil(3 / target * (1 - 1e-12))  # guard against 3/t landing a hair above an integer
 
 
 def probability_same(distances, confidence):

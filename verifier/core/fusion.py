@@ -13,11 +13,6 @@ RULES = ("mean", "min", "centroid")
 DEFAULT_RULE = "mean"
 
 
-def fused_distance(probe, templates, metric, rule=DEFAULT_RULE):
-    """One probe embedding (D,) against a subject's templates (K, D) -> one distance."""
-    return float(fused_distances(np.asarray(probe)[None, :], templates, metric, rule)[0])
-
-
 def fused_distances(probes, templates, metric, rule=DEFAULT_RULE):
     """Probes (N, D) against one subject's templates (K, D) -> (N,) fused distances."""
     templates = np.asarray(templates, dtype=np.float64)

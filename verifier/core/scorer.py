@@ -20,7 +20,7 @@ import numpy as np
 from verifier.core import fastpath
 from verifier.core.acquisition import acquire_all, detector_for
 from verifier.core.bundle import load_bundle, load_model
-from verifier.core.decisions import probability_same, threshold_at_fmr
+from verifier.core.decisions import probability_same, rule_of_three, threshold_at_fmr
 from verifier.core.distances import pair_distances
 from verifier.core.embedder import Embedder
 from verifier.core.errors import VerifierError
@@ -220,7 +220,7 @@ def _finest_supported_fmr(fmr):
     """3/N for N impostor comparisons, N read off the curve's smallest non-zero FMR step (1/N)."""
     positive = np.asarray(fmr, dtype=np.float64)
     positive = positive[positive > 0]
-    return min(1.0, 3.0 * float(positive.min())) if len(positive) else 1.0
+    return rule_of_three(round(1.0 / float(positive.min()))) if len(positive) else 1.0
 
 
 def _number(value, name):
