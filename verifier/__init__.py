@@ -1,1 +1,1 @@
-"""The runtime shared by training and calibration: images, profiles, bundles, embedding, serving."""
+"""Verification on a Siamese pair scorer: core runtime, enrollment, the web service and its CLI."""

@@ -1,0 +1,1 @@
+"""`python -m verifier`: serve, export, keys and subjects commands."""
