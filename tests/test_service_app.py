@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from tests.synthetic import png_bytes
-from verifier.web.app import create_app, load_config, scorer_holder
+from verifier.settings import load as load_config
+from verifier.web.app import create_app
+from verifier.web.extensions import enrollment, get_store, scorer_holder
 from verifier.web.openapi import build_spec
 
 
@@ -83,16 +85,25 @@ def test_config_precedence(monkeypatch):
         load_config()
 
 
-def test_openapi_document_is_valid():
-    spec = build_spec()
+def test_keep_images_setting_reaches_the_store(monkeypatch, tmp_path):
+    monkeypatch.setenv("VERIFIER_KEEP_IMAGES", "yes")
+    app = create_app({"VERIFIER_BUNDLE": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}"})
+    with app.app_context():
+        assert get_store().keep_images is True
+    enrollment(app).close()
+    assert enrollment(app).store is None
+
+
+def test_openapi_document_is_valid(tmp_path):
+    spec = build_spec(create_app({"VERIFIER_BUNDLE": str(tmp_path)}))
     openapi_spec_validator = pytest.importorskip("openapi_spec_validator")
     openapi_spec_validator.validate(spec)
 
 
 def test_openapi_document_covers_every_route(tmp_path):
     """Structural checks that hold without the validator: every app route is described."""
-    spec = build_spec()
     app = create_app({"VERIFIER_BUNDLE": str(tmp_path)})
+    spec = build_spec(app)
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue

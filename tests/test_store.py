@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from verifier.core.errors import VerifierError
-from verifier.enrollment.store import Conflict, NotFound, StoreUnavailable, open_store, schema
+from verifier.enrollment.store import MAX_PAGE, Conflict, NotFound, StoreUnavailable, open_store, schema
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +53,13 @@ def test_list_is_paged_in_id_order(store):
     assert [s["id"] for s in page] == ["c", "d"]
     page, after, _ = store.list_subjects(limit=2, after=after)
     assert [s["id"] for s in page] == ["e"] and after is None
+
+
+@pytest.mark.parametrize("bad", [0, MAX_PAGE + 1, "2", 1.5, True, None])
+def test_page_limit_is_checked(store, bad):
+    with pytest.raises(VerifierError) as err:
+        store.list_subjects(limit=bad)
+    assert err.value.code == "invalid_option" and f"1 to {MAX_PAGE}" in err.value.message
 
 
 @pytest.mark.parametrize("bad", ["", "-x", "a b", "x" * 129, "é", None, 5])

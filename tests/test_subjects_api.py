@@ -9,7 +9,8 @@ import pytest
 from tests.synthetic import png_bytes
 from verifier.enrollment.keys import create_key
 from verifier.enrollment.store import open_store
-from verifier.web.app import create_app, scorer_holder
+from verifier.web.app import create_app
+from verifier.web.extensions import enrollment, scorer_holder
 
 BLANK = np.full((56, 46), 200, np.uint8)
 
@@ -19,9 +20,7 @@ def app(database_url, fusion_bundle, scorer):
     app = create_app({"VERIFIER_BUNDLE": str(fusion_bundle), "DATABASE_URL": database_url, "TESTING": True})
     scorer_holder(app).scorer = scorer  # share the session's loaded scorer
     yield app
-    store = app.extensions.get("verifier.store")
-    if store is not None:
-        store.close()
+    enrollment(app).close()
 
 
 @pytest.fixture
@@ -110,7 +109,7 @@ def test_enroll_quality_failures(client, faces):
     assert response.status_code == 422 and error_code(response) == "failure_to_enrol"
     assert client.get("/v1/subjects/id00").get_json()["template_count"] == 1
     counted = client.get("/metrics").get_data(as_text=True)
-    assert 'route="/v1/subjects/<subject_id>/templates",decision="failure_to_enrol"}' in counted
+    assert 'decision="failure_to_enrol",route="/v1/subjects/<subject_id>/templates"}' in counted
 
 
 @pytest.mark.parametrize("path, kwargs, status, code", [

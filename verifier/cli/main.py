@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from verifier import settings
 from verifier.cli import subjects as cli_subjects
 from verifier.core.errors import VerifierError
 
@@ -24,7 +25,7 @@ EXIT_BAD_INPUT = 2
 
 
 def default_bundle():
-    return os.environ.get("VERIFIER_BUNDLE") or "bundles/default"
+    return settings.get("VERIFIER_BUNDLE")
 
 
 def _quiet_tensorflow():
@@ -38,7 +39,7 @@ def cmd_verify(args):
 
     options = {"threshold": args.threshold, "target_fmr": args.target_fmr}
     scorer = Scorer.from_bundle(args.bundle)
-    scorer.resolve(**options)
+    scorer.rule(**options)  # a bad option fails before the images are read
     images = [read_image(path) for path in (args.image_a, args.image_b)]
     (decision,), timings = scorer.verify([images[0]], [images[1]], **options)
     answer = {**decision, **scorer.describe(), "timings_ms": timings}

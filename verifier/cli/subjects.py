@@ -14,18 +14,18 @@ API's JSON; verify-subject and identify print one readable line unless --json.
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
+from verifier import settings
 from verifier.core.errors import VerifierError
 from verifier.core.images import MAX_BYTES, decode_image
-from verifier.enrollment.store import DEFAULT_URL, open_store
+from verifier.enrollment.service import TOP_K
+from verifier.enrollment.store import DEFAULT_URL, MAX_PAGE, PAGE_SIZE, open_store
 
 
 def _database(args):
-    keep = args.keep_images or os.environ.get("VERIFIER_KEEP_IMAGES", "").lower() in ("1", "true", "yes", "on")
-    return open_store(args.database, keep_images=keep)
+    return open_store(args.database, keep_images=args.keep_images or settings.get("KEEP_IMAGES"))
 
 
 def _service(args):
@@ -149,12 +149,12 @@ def cmd_keys(args):
 
 
 def _common(parser, *, bundle):
-    parser.add_argument("--database", default=os.environ.get("DATABASE_URL") or DEFAULT_URL,
+    parser.add_argument("--database", default=settings.get("DATABASE_URL") or DEFAULT_URL,
                         help="store URL: sqlite:///PATH or postgresql://... (default: $DATABASE_URL or %(default)s)")
     parser.add_argument("--keep-images", action="store_true",
                         help="keep enrolled images so a new bundle can re-embed them (or $VERIFIER_KEEP_IMAGES=1)")
     if bundle:
-        parser.add_argument("--bundle", default=os.environ.get("VERIFIER_BUNDLE") or "bundles/default",
+        parser.add_argument("--bundle", default=settings.get("VERIFIER_BUNDLE"),
                             help="bundle directory (default: $VERIFIER_BUNDLE or %(default)s)")
 
 
@@ -184,7 +184,7 @@ def add_commands(subparsers):
 
     identify = subparsers.add_parser("identify", help="the enrolled subjects nearest to an image (1:N)")
     identify.add_argument("image")
-    identify.add_argument("--top-k", type=int, default=5)
+    identify.add_argument("--top-k", type=int, default=TOP_K, help="candidates to list (default: %(default)s)")
     _overrides(identify)
     _common(identify, bundle=True)
     identify.set_defaults(func=cmd_identify)
@@ -192,7 +192,8 @@ def add_commands(subparsers):
     subjects = subparsers.add_parser("subjects", help="list, show, create or delete subjects")
     subjects.add_argument("action", nargs="?", choices=("list", "show", "create", "delete"))
     subjects.add_argument("id", nargs="?")
-    subjects.add_argument("--limit", type=int, default=50)
+    subjects.add_argument("--limit", type=int, default=PAGE_SIZE,
+                          help=f"subjects per page, 1-{MAX_PAGE} (default: %(default)s)")
     subjects.add_argument("--after", help="list subjects after this id (paging)")
     subjects.add_argument("--metadata", type=_metadata, help="JSON object for `subjects create`")
     _common(subjects, bundle=False)

@@ -14,6 +14,7 @@ bundle embeds but does not decide (503), rather than inventing a threshold.
 
 import logging
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,6 +30,23 @@ from verifier.core.timing import Stopwatch
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "tflite", "tf.function")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A checked decision rule: "same" when distance <= threshold; confidence from the calibrated map."""
+
+    threshold: float
+    policy: str
+    confidence: dict
+
+    def decide(self, distances):
+        """Distances -> [{distance, decision, confidence, threshold, policy}]."""
+        distances = np.asarray(distances, dtype=np.float64).reshape(-1)
+        confidence = np.atleast_1d(probability_same(distances, self.confidence))
+        return [{"distance": float(d), "decision": "same" if d <= self.threshold else "different",
+                 "confidence": float(p), "threshold": self.threshold, "policy": self.policy}
+                for d, p in zip(distances, confidence)]
 
 
 class Scorer:
@@ -137,13 +155,13 @@ class Scorer:
 
     # -- decisions ---------------------------------------------------------------------------
 
-    def resolve(self, *, threshold=None, target_fmr=None, section=None):
-        """(threshold, policy) for a decision: the calibration's, or the request's override.
+    def rule(self, *, threshold=None, target_fmr=None, section=None):
+        """The decision rule: the calibration's, or the request's override; the one check of both options.
 
         `section` is a calibration dict with "policy", "threshold", "confidence" and
         "operating_points" (default: calibration.json's top level; enrollment passes its
-        "fusion" section). Raises 503 `not_calibrated` without one, 422 for an override
-        that the calibration cannot honour.
+        "fusion" section). Raises 503 `not_calibrated` without one, 400 for an option that is
+        not a finite number, 422 for an override that the calibration cannot honour.
         """
         section = self._section(section)
         if threshold is not None and target_fmr is not None:
@@ -153,21 +171,16 @@ class Scorer:
             if value < 0:
                 raise VerifierError(f"threshold must be a distance >= 0, got {value:g}",
                                     code="invalid_threshold", status=422)
-            return value, f"request:threshold={value:g}"
+            return Rule(value, f"request:threshold={value:g}", section["confidence"])
         if target_fmr is not None:
             target = _number(target_fmr, "target_fmr")
-            return self._threshold_for_fmr(section, target), f"request:target_fmr={target:g}"
-        return float(section["threshold"]), section["policy"]
+            return Rule(self._threshold_for_fmr(section, target), f"request:target_fmr={target:g}",
+                        section["confidence"])
+        return Rule(float(section["threshold"]), section["policy"], section["confidence"])
 
     def decide(self, distances, *, threshold=None, target_fmr=None, section=None):
         """Distances -> [{distance, decision, confidence, threshold, policy}] (accept distance <= threshold)."""
-        section = self._section(section)
-        limit, policy = self.resolve(threshold=threshold, target_fmr=target_fmr, section=section)
-        distances = np.asarray(distances, dtype=np.float64).reshape(-1)
-        confidence = probability_same(distances, section["confidence"])
-        return [{"distance": float(d), "decision": "same" if d <= limit else "different",
-                 "confidence": float(p), "threshold": limit, "policy": policy}
-                for d, p in zip(distances, np.atleast_1d(confidence))]
+        return self.rule(threshold=threshold, target_fmr=target_fmr, section=section).decide(distances)
 
     def verify(self, images_a, images_b, *, threshold=None, target_fmr=None, names=None):
         """Pairs of decoded images -> (decisions, timings in ms); options are checked before embedding.
@@ -175,15 +188,14 @@ class Scorer:
         `names` (one per image of images_a + images_b) name an image without a face in the
         422. Where the profile detects faces, each decision carries the two faces found.
         """
-        self.resolve(threshold=threshold, target_fmr=target_fmr)
+        rule = self.rule(threshold=threshold, target_fmr=target_fmr)
         clock = Stopwatch()
         acquired = self.acquire(list(images_a) + list(images_b), names)
         clock.lap("acquire")
         embeddings = self.embed_inputs(acquired.inputs)
         clock.lap("embed")
         n = len(images_a)
-        decisions = self.decide(pair_distances(embeddings[:n], embeddings[n:], self.metric),
-                                threshold=threshold, target_fmr=target_fmr)
+        decisions = rule.decide(pair_distances(embeddings[:n], embeddings[n:], self.metric))
         clock.lap("decide")
         if self.profile.detector:
             for i, decision in enumerate(decisions):

@@ -23,8 +23,16 @@ from verifier.enrollment import quality
 from verifier.enrollment.gallery import Gallery
 from verifier.enrollment.store import Conflict, check_subject_id
 
+TOP_K = 5  # candidates identify returns unless asked otherwise
 MAX_TOP_K = 100
 REEMBED_BATCH = 64
+
+
+def check_top_k(top_k):
+    """identify returns 1 to MAX_TOP_K candidates; anything else (text, a float, a bool) is a 400."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+        raise VerifierError(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {top_k!r}", code="invalid_option")
+    return top_k
 
 
 class FailureToEnrol(VerifierError):
@@ -67,8 +75,9 @@ class EnrollmentService:
                                 "calibrated threshold: recalibrate with template fusion")
         return section
 
-    def _result(self, distances, threshold, target_fmr):
-        return self.scorer.decide(distances, threshold=threshold, target_fmr=target_fmr, section=self.fusion())
+    def rule(self, *, threshold=None, target_fmr=None):
+        """The subject decision rule: the fusion section's, or the override (checked by the scorer)."""
+        return self.scorer.rule(threshold=threshold, target_fmr=target_fmr, section=self.fusion())
 
     def gallery(self):
         """This worker's cached gallery for the current bundle and fusion rule."""
@@ -131,6 +140,7 @@ class EnrollmentService:
 
     def verify(self, subject_id, probe, *, threshold=None, target_fmr=None):
         """A decoded probe image against the claimed subject, with the calibrated fusion rule."""
+        rule = self.rule(threshold=threshold, target_fmr=target_fmr)
         clock = Stopwatch()
         fusion = self.fusion()
         templates = self.current_templates(subject_id)
@@ -138,7 +148,7 @@ class EnrollmentService:
         embedding = self.scorer.embed([probe], names=["the probe"])
         clock.lap("embed")
         distance = fused_distances(embedding, templates, self.scorer.metric, fusion["rule"])
-        result = self._result(distance, threshold, target_fmr)[0]
+        result = rule.decide(distance)[0]
         clock.lap("compare")
         return {**result, "subject_id": subject_id, "model": self.scorer.bundle_id,
                 "calibration_id": self.scorer.calibration_id,
@@ -147,25 +157,24 @@ class EnrollmentService:
 
     # -- identify -----------------------------------------------------------------------
 
-    def identify(self, probe, *, top_k=5, threshold=None, target_fmr=None):
+    def identify(self, probe, *, top_k=TOP_K, threshold=None, target_fmr=None):
         """Top-k subjects for a decoded probe; `match` is null when none passes the threshold."""
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
-            raise VerifierError(f"top_k must be an integer from 1 to {MAX_TOP_K}", code="invalid_top_k")
+        check_top_k(top_k)
+        rule = self.rule(threshold=threshold, target_fmr=target_fmr)
         clock = Stopwatch()
         gallery = self.gallery()
         embedding = self.scorer.embed([probe], names=["the probe"])[0]
         clock.lap("embed")
         hits = gallery.search(embedding, top_k)
         clock.lap("search")
-        decisions = self._result([d for _, d, _ in hits], threshold, target_fmr) if hits else []
+        decisions = rule.decide([d for _, d, _ in hits]) if hits else []
         candidates = [{"subject_id": subject, "distance": dec["distance"], "decision": dec["decision"],
                        "confidence": dec["confidence"], "templates": count}
                       for (subject, _, count), dec in zip(hits, decisions)]
         match = candidates[0]["subject_id"] if candidates and candidates[0]["decision"] == "same" else None
-        threshold_used, policy = self.scorer.resolve(threshold=threshold, target_fmr=target_fmr, section=self.fusion())
         snap = gallery.snapshot()
         return {"match": match, "decision": "match" if match else "no_match", "candidates": candidates,
-                "threshold": threshold_used, "policy": policy,
+                "threshold": rule.threshold, "policy": rule.policy,
                 "fusion": {"rule": gallery.rule},
                 "gallery": {"subjects": len(snap.subjects), "templates": int(len(snap.templates))},
                 "model": self.scorer.bundle_id, "calibration_id": self.scorer.calibration_id,

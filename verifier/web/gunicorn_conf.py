@@ -2,7 +2,8 @@
 
 Environment: PORT (8000), VERIFIER_HOST (127.0.0.1), VERIFIER_WORKERS (CPU count, at most 8),
 VERIFIER_THREADS (2), VERIFIER_TIMEOUT (60 s), VERIFIER_ACCESS_LOG (a path or "-"; off by
-default), VERIFIER_METRICS_DIR (made fresh per start when unset). Command-line flags win.
+default), VERIFIER_METRICS_DIR (the workers' shared Prometheus directory: made fresh per start
+when unset, emptied of old workers' files when set). Command-line flags win.
 
 The app is not preloaded: the master never imports TensorFlow or the model (TensorFlow
 work before the fork hangs the workers). Each worker builds the app after the fork and
@@ -14,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 from gunicorn import util
 
@@ -55,16 +57,25 @@ util.write_error = json_error
 
 
 def on_starting(server):
-    """Give the workers one metrics directory to share (a fresh one per service start)."""
-    if not os.environ.get("VERIFIER_METRICS_DIR"):
-        os.environ["VERIFIER_METRICS_DIR"] = tempfile.mkdtemp(prefix="verifier-metrics-")
-        server.verifier_metrics_dir = os.environ["VERIFIER_METRICS_DIR"]
+    """Give the workers one empty Prometheus multiprocess directory (before any imports prometheus_client).
+
+    prometheus_client picks multiprocess mode when it is imported, from PROMETHEUS_MULTIPROC_DIR;
+    the master never imports it before this, and the workers inherit the variable at the fork.
+    """
+    directory = os.environ.get("VERIFIER_METRICS_DIR")
+    if directory:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        for stale in Path(directory).glob("*.db"):  # a previous start's counts
+            stale.unlink()
+    else:
+        directory = server.verifier_metrics_dir = tempfile.mkdtemp(prefix="verifier-metrics-")
+    os.environ["VERIFIER_METRICS_DIR"] = os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
 
 
 def post_worker_init(worker):
     """Load and warm this worker's scorer (after the fork, before serving), and say how it went."""
     from verifier.core.errors import VerifierError
-    from verifier.web.app import scorer_holder
+    from verifier.web.extensions import scorer_holder
 
     app = worker.wsgi
     try:
@@ -75,6 +86,13 @@ def post_worker_init(worker):
     agreement = "" if scorer.agreement is None else f", max abs embedding difference vs model.keras {scorer.agreement:.3g}"
     worker.log.info("worker %s: bundle %s (calibration %s) ready on %s%s", worker.pid, scorer.bundle_id,
                     scorer.calibration_id, scorer.backend, agreement)
+
+
+def child_exit(server, worker):
+    """Drop an exited worker's live gauges (its counters stay in the sum, so they never go backwards)."""
+    from prometheus_client import multiprocess  # not at the top: only after on_starting set the directory
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def on_exit(server):

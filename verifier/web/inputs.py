@@ -124,15 +124,27 @@ def images_from_request(names):
     return out
 
 
-def image_list_from_request(name, *, max_count=None):
-    """Decoded images of a repeated field (multipart) or a JSON array of base64 strings."""
+def raw_list(name):
+    """The bytes of every image under `name` (a repeated field or a JSON array); a 400 when there is none."""
     fields = raw_fields(name)
     if not fields:
         raise _missing(name)
-    if max_count is not None and len(fields) > max_count:
-        raise _bad(f"{len(fields)} images under {name!r}; at most {max_count} per request",
-                   "too_many_images", 413)
+    return fields
+
+
+def decode_list(name, fields):
+    """The images of `raw_list(name)`, decoded; each error names its image (`name[i]`)."""
     return [decode_field(f"{name}[{i}]", data) for i, data in enumerate(fields)]
+
+
+def as_int(value):
+    """Form or query text holding an integer -> int; anything else as it is, for the option's owner to refuse."""
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return value
+    return value
 
 
 def options_from_request(names=OPTION_NAMES):

@@ -1,174 +1,101 @@
-"""Prometheus metrics, written by hand: request counts, a latency histogram, decisions.
+"""Prometheus metrics of the service (prometheus_client): requests, latency, decisions, model info.
 
-Each gunicorn worker counts in its own memory (threads share it under a lock). So that
-`/metrics` shows the whole service and not whichever worker answered, every worker
-also writes its counters to `METRICS_DIR/worker-<pid>.json` (atomically, at most every
-`FLUSH_SECONDS` and whenever it serves /metrics), and /metrics adds up all the files in
-the directory. Files of exited workers stay, so counters never go backwards; the gunicorn
-config makes a fresh directory per service start. Other workers' counts can lag by up to
-`FLUSH_SECONDS`. Without METRICS_DIR (one process, tests) only the local counts are shown.
+Under gunicorn, `PROMETHEUS_MULTIPROC_DIR` is set before any worker imports prometheus_client
+(see gunicorn_conf.py), so every worker keeps its values in files there and `/metrics` adds up
+all workers, whichever one answers. Without it (one process, tests) the default registry is served.
 """
 
-import json
 import os
-import threading
-import time
-from collections import Counter
-from pathlib import Path
+from time import perf_counter
 
-from flask import g, request
+import prometheus_client
+from flask import Blueprint, Response, g, request
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from verifier.web.extensions import scorer_holder
+from verifier.web.openapi import operation
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-FLUSH_SECONDS = 0.5
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
+MODEL_LABELS = ("model", "calibration_id", "profile", "metric", "backend")  # Scorer.describe()'s keys
+
+prometheus_client.disable_created_metrics()  # no *_created series: the same names as in multiprocess mode
+
+REQUESTS = Counter("verifier_requests_total", "HTTP requests by route, method and status.",
+                   ("route", "method", "status"))
+LATENCY = Histogram("verifier_request_duration_seconds", "Request latency in the worker, by route.",
+                    ("route",), buckets=BUCKETS)
+DECISIONS = Counter("verifier_decisions_total", "Verification decisions by route and outcome.", ("route", "decision"))
+FAILURES_TO_ACQUIRE = Counter("verifier_failures_to_acquire_total",
+                              "Requests refused because no face was found, by route.", ("route",))
+# livemax: one series per model served by a live worker (no pid label); a dead worker's is dropped.
+MODEL_INFO = Gauge("verifier_model_info", "The bundle and calibration the workers serve.", MODEL_LABELS,
+                   multiprocess_mode="livemax")
+
+bp = Blueprint("prometheus", __name__)
 
 
-class Registry:
-    """One worker's counters, keyed by label tuples so that merging is plain addition."""
+@bp.get("/metrics")
+@operation({"summary": "Prometheus metrics", "operationId": "metrics", "tags": ["service"],
+            "responses": {"200": {"description": "Prometheus text exposition format 0.0.4.",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}}}})
+def metrics_text():
+    """Prometheus text format 0.0.4: requests, latency histogram, decisions and model, summed over workers.
 
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.requests = Counter()  # (route, method, status) -> count
-        self.latency_buckets = Counter()  # (route, bucket index) -> count (non-cumulative)
-        self.latency_sum = Counter()  # route -> seconds
-        self.latency_count = Counter()  # route -> count
-        self.decisions = Counter()  # (route, decision) -> count
-        self.failures_to_acquire = Counter()  # route -> images in which no face was found
-        self.last_flush = 0.0
-
-    def observe(self, route, method, status, seconds):
-        index = next((i for i, bound in enumerate(BUCKETS) if seconds <= bound), len(BUCKETS))
-        with self.lock:
-            self.requests[(route, method, str(status))] += 1
-            self.latency_buckets[(route, index)] += 1
-            self.latency_sum[route] += seconds
-            self.latency_count[route] += 1
-
-    def count_decisions(self, route, decisions):
-        with self.lock:
-            for decision in decisions:
-                self.decisions[(route, decision)] += 1
-
-    def count_failure_to_acquire(self, route):
-        with self.lock:
-            self.failures_to_acquire[route] += 1
-
-    def snapshot(self):
-        """The counters as JSON-ready lists of [labels..., value]."""
-        with self.lock:
-            return {
-                "requests": [[*key, n] for key, n in self.requests.items()],
-                "latency_buckets": [[*key, n] for key, n in self.latency_buckets.items()],
-                "latency_sum": [[key, n] for key, n in self.latency_sum.items()],
-                "latency_count": [[key, n] for key, n in self.latency_count.items()],
-                "decisions": [[*key, n] for key, n in self.decisions.items()],
-                "failures_to_acquire": [[key, n] for key, n in self.failures_to_acquire.items()],
-            }
+    The answering worker sets its model gauge here: the scorer may have loaded lazily, after init_app.
+    """
+    scorer = scorer_holder().scorer
+    if scorer is not None:
+        described = scorer.describe()
+        MODEL_INFO.labels(**{label: described.get(label) or "" for label in MODEL_LABELS}).set(1)
+    return Response(prometheus_client.generate_latest(_registry()), content_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 
-REGISTRY = Registry()
-
-
-def flush(directory, force=False):
-    """Write this worker's snapshot to the shared directory (rate-limited unless forced)."""
-    now = time.monotonic()
-    if directory is None or (not force and now - REGISTRY.last_flush < FLUSH_SECONDS):
-        return
-    REGISTRY.last_flush = now
-    path = Path(directory) / f"worker-{os.getpid()}.json"
-    tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
-    try:
-        tmp.write_text(json.dumps(REGISTRY.snapshot()))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # metrics must never fail a request; the next flush tries again
-
-
-def collect(directory):
-    """Sum of every worker's snapshot (or just this process's without a directory)."""
-    if directory is None:
-        snapshots = [REGISTRY.snapshot()]
-    else:
-        flush(directory, force=True)
-        snapshots = []
-        for path in Path(directory).glob("worker-*.json"):
-            try:
-                snapshots.append(json.loads(path.read_text()))
-            except (OSError, ValueError):
-                continue  # a file being replaced right now; its counts show next scrape
-    total = {name: Counter() for name in ("requests", "latency_buckets", "latency_sum",
-                                           "latency_count", "decisions", "failures_to_acquire")}
-    for snapshot in snapshots:
-        for name, rows in snapshot.items():
-            for *key, value in rows:
-                total[name][tuple(key) if len(key) > 1 else key[0]] += value
-    return total
-
-
-def _labels(**labels):
-    escaped = (f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-               for k, v in labels.items())
-    return "{" + ",".join(escaped) + "}"
-
-
-def render(directory, info=None):
-    """The Prometheus text exposition of the summed counters (and an info line if given)."""
-    total = collect(directory)
-    lines = ["# HELP verifier_requests_total HTTP requests by route, method and status.",
-             "# TYPE verifier_requests_total counter"]
-    for (route, method, status), n in sorted(total["requests"].items()):
-        lines.append(f"verifier_requests_total{_labels(route=route, method=method, status=status)} {n}")
-    lines += ["# HELP verifier_request_duration_seconds Request latency in the worker, by route.",
-              "# TYPE verifier_request_duration_seconds histogram"]
-    for route in sorted(total["latency_count"]):
-        cumulative = 0
-        for i, bound in enumerate(BUCKETS + (float("inf"),)):
-            cumulative += total["latency_buckets"].get((route, i), 0)
-            le = "+Inf" if bound == float("inf") else f"{bound:g}"
-            lines.append(f"verifier_request_duration_seconds_bucket{_labels(route=route, le=le)} {cumulative}")
-        lines.append(f"verifier_request_duration_seconds_sum{_labels(route=route)} {total['latency_sum'][route]:.6f}")
-        lines.append(f"verifier_request_duration_seconds_count{_labels(route=route)} {total['latency_count'][route]}")
-    lines += ["# HELP verifier_decisions_total Verification decisions by route and outcome.",
-              "# TYPE verifier_decisions_total counter"]
-    for (route, decision), n in sorted(total["decisions"].items()):
-        lines.append(f"verifier_decisions_total{_labels(route=route, decision=decision)} {n}")
-    lines += ["# HELP verifier_failures_to_acquire_total Requests refused because no face was found, by route.",
-              "# TYPE verifier_failures_to_acquire_total counter"]
-    for route, n in sorted(total["failures_to_acquire"].items()):
-        lines.append(f"verifier_failures_to_acquire_total{_labels(route=route)} {n}")
-    if info is not None:
-        lines += ["# HELP verifier_model_info The bundle and calibration this worker serves.",
-                  "# TYPE verifier_model_info gauge",
-                  f"verifier_model_info{_labels(**info)} 1"]
-    return "\n".join(lines) + "\n"
+def _registry():
+    """Every worker's values in multiprocess mode, else this process's default registry."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return prometheus_client.REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
 
 
 def record_decisions(decisions):
-    """Count decisions ("same"/"different") for the current request's route; for any blueprint."""
-    REGISTRY.count_decisions(_route(), (d["decision"] for d in decisions))
+    """Count decisions ("same"/"different"/...) for the current request's route; for any blueprint."""
+    route = _route()
+    for decision in decisions:
+        DECISIONS.labels(route=route, decision=decision["decision"]).inc()
 
 
 def record_failure_to_acquire():
     """Count a request refused for want of a face (422 no_face) on the current route."""
-    REGISTRY.count_failure_to_acquire(_route())
+    FAILURES_TO_ACQUIRE.labels(route=_route()).inc()
 
 
 def _route():
-    """The matched URL rule (bounded label values), not the raw path."""
+    """The matched URL rule (bounded label values), not the raw path; "unmatched" for 404s and 405s."""
     return request.url_rule.rule if request.url_rule is not None else "unmatched"
 
 
+def _method():
+    """The HTTP method, or "other" for a made-up one (each would otherwise be a new series)."""
+    return request.method if request.method in HTTP_METHODS else "other"
+
+
 def init_app(app):
-    """Time and count every request of `app`."""
+    """Serve /metrics on `app`, and time and count every request."""
+    app.register_blueprint(bp)
 
     @app.before_request
     def start_timer():
-        g.metrics_start = time.perf_counter()
+        g.metrics_start = perf_counter()
 
     @app.after_request
     def count_request(response):
         start = g.pop("metrics_start", None)
         if start is not None:
-            REGISTRY.observe(_route(), request.method, response.status_code, time.perf_counter() - start)
-            flush(app.config["METRICS_DIR"])
+            route = _route()
+            REQUESTS.labels(route=route, method=_method(), status=str(response.status_code)).inc()
+            LATENCY.labels(route=route).observe(perf_counter() - start)
         return response

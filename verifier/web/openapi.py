@@ -1,34 +1,47 @@
-"""The OpenAPI 3 document of the service, built from plain dicts.
+"""The OpenAPI 3 document, assembled from the operations the app's views carry, and /openapi.json.
 
-Enrollment's routes come from `verifier.web.subjects.OPENAPI_PATHS` (and, if it defines
-one, `OPENAPI_SCHEMAS`, merged into components/schemas). Its path items may reference
-the shared components defined here: schemas `Error`, `Decision`, `ModelFields`, `Timings`,
-`ImagePairMultipart`, `ImagePairJson`; responses `BadRequest`, `PayloadTooLarge`,
-`UnsupportedMediaType`, `Unprocessable`, `NotCalibrated`; parameters `Threshold`, `TargetFmr`.
+Each view states its own operation right under its route, with `@operation({...})`; a
+blueprint's own component schemas are its `openapi_schemas` dict. `build_spec(app)` walks
+the app's URL map, so every registered route appears and nothing else does. Shared pieces
+live here: schemas `Error`, `Decision`, `ModelFields`, `Timings`; responses `BadRequest`,
+`PayloadTooLarge`, `UnsupportedMediaType`, `Unprocessable`, `NotCalibrated`; parameters
+`Threshold`, `TargetFmr`.
 """
 
-from verifier.web import subjects
+import re
+
+from flask import Blueprint, current_app, jsonify
 
 VERSION = "1.0.0"
+IGNORED_METHODS = {"HEAD", "OPTIONS"}
 
 
-def _ref(kind, name):
+def operation(spec):
+    """Attach the OpenAPI operation object `spec` to a view; put it under the route decorator."""
+    def attach(view):
+        view.openapi = spec
+        return view
+    return attach
+
+
+def ref(kind, name):
     return {"$ref": f"#/components/{kind}/{name}"}
 
 
-def _json(schema):
+def json_content(schema):
     return {"application/json": {"schema": schema}}
 
 
-def _error_response(description):
-    return {"description": description, "content": _json(_ref("schemas", "Error"))}
+def error_response(description):
+    return {"description": description, "content": json_content(ref("schemas", "Error"))}
 
 
 NUMBER_OPTIONS = {
     "threshold": {"type": "number", "minimum": 0,
                   "description": "Decide with this distance threshold instead of the calibrated one "
                                  "(policy becomes `request:threshold=...`)."},
-    "target_fmr": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 1,
+    "target_fmr": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "exclusiveMaximum": True,
+                   "maximum": 1,
                    "description": "Decide at the threshold where the calibration's dev FMR is at most "
                                   "this (policy becomes `request:target_fmr=...`); 422 if the "
                                   "calibration cannot support it."},
@@ -36,10 +49,10 @@ NUMBER_OPTIONS = {
 
 SCHEMAS = {
     "Error": {
-        "type": "object", "required": ["error"],
-        "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
-            "code": {"type": "string", "example": "unsupported_image"},
-            "message": {"type": "string"}}}},
+        "type": "object", "required": ["error"], "additionalProperties": False,
+        "properties": {"error": {"type": "object", "required": ["code", "message"], "additionalProperties": False,
+                                 "properties": {"code": {"type": "string", "example": "unsupported_image"},
+                                                "message": {"type": "string"}}}},
     },
     "Decision": {
         "type": "object", "required": ["distance", "decision", "confidence", "threshold", "policy"],
@@ -66,55 +79,18 @@ SCHEMAS = {
         },
     },
     "Timings": {
-        "type": "object", "description": "Milliseconds spent in the worker.",
-        "properties": {key: {"type": "number"} for key in ("decode", "embed", "decide", "total")},
+        "type": "object", "description": "Milliseconds spent in the worker, by step.",
+        "additionalProperties": {"type": "number"},
     },
-    "VerifyResult": {"allOf": [
-        _ref("schemas", "Decision"), _ref("schemas", "ModelFields"),
-        {"type": "object", "required": ["timings_ms"], "properties": {"timings_ms": _ref("schemas", "Timings")}},
-    ]},
-    "BatchResult": {"allOf": [
-        _ref("schemas", "ModelFields"),
-        {"type": "object", "required": ["results", "count", "timings_ms"], "properties": {
-            "results": {"type": "array", "items": _ref("schemas", "Decision")},
-            "count": {"type": "integer"},
-            "timings_ms": _ref("schemas", "Timings")}},
-    ]},
-    "ImagePairMultipart": {
-        "type": "object", "required": ["image_a", "image_b"],
-        "properties": {"image_a": {"type": "string", "format": "binary"},
-                       "image_b": {"type": "string", "format": "binary"}, **NUMBER_OPTIONS},
-    },
-    "ImagePairJson": {
-        "type": "object", "required": ["image_a", "image_b"],
-        "properties": {"image_a": {"type": "string", "format": "byte", "description": "Base64 (a data: URL is accepted)."},
-                       "image_b": {"type": "string", "format": "byte"}, **NUMBER_OPTIONS},
-    },
-    "ImageBatchMultipart": {
-        "type": "object", "required": ["image_a", "image_b"],
-        "description": "Repeat image_a and image_b; the i-th of each form a pair.",
-        "properties": {"image_a": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                       "image_b": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                       **NUMBER_OPTIONS},
-    },
-    "ImageBatchJson": {
-        "type": "object", "required": ["image_a", "image_b"],
-        "properties": {"image_a": {"type": "array", "items": {"type": "string", "format": "byte"}},
-                       "image_b": {"type": "array", "items": {"type": "string", "format": "byte"}},
-                       **NUMBER_OPTIONS},
-    },
-    "Ready": {"allOf": [_ref("schemas", "ModelFields"), {"type": "object", "properties": {
-        "status": {"type": "string", "enum": ["ready"]},
-        "calibrated": {"type": "boolean"},
-        "fast_path_max_abs_diff": {"type": "number", "nullable": True}}}]},
 }
 
 RESPONSES = {
-    "BadRequest": _error_response("Missing field, zero-byte image, bad base64 or JSON, bad option."),
-    "PayloadTooLarge": _error_response("Request, image bytes, image pixels or pair count over the limit."),
-    "UnsupportedMediaType": _error_response("Not multipart/form-data or application/json, or not an image."),
-    "Unprocessable": _error_response("Corrupt or too small image, or an override the calibration cannot honour."),
-    "NotCalibrated": _error_response("The bundle is not calibrated or could not be loaded."),
+    "BadRequest": error_response("Missing field, zero-byte image, bad base64 or JSON, bad option."),
+    "PayloadTooLarge": error_response("Request, image bytes, image pixels or image count over the limit."),
+    "UnsupportedMediaType": error_response("Not multipart/form-data or application/json, or not an image."),
+    "Unprocessable": error_response("Corrupt or too small image, no face found, or an override the "
+                                    "calibration cannot honour."),
+    "NotCalibrated": error_response("The bundle is not calibrated or could not be loaded."),
 }
 
 PARAMETERS = {
@@ -122,56 +98,44 @@ PARAMETERS = {
     "TargetFmr": {"name": "target_fmr", "in": "query", "required": False, "schema": NUMBER_OPTIONS["target_fmr"]},
 }
 
-ERRORS = {"400": _ref("responses", "BadRequest"), "413": _ref("responses", "PayloadTooLarge"),
-          "415": _ref("responses", "UnsupportedMediaType"), "422": _ref("responses", "Unprocessable"),
-          "503": _ref("responses", "NotCalibrated")}
+INPUT_ERRORS = {status: ref("responses", name) for status, name in (
+    ("400", "BadRequest"), ("413", "PayloadTooLarge"), ("415", "UnsupportedMediaType"),
+    ("422", "Unprocessable"), ("503", "NotCalibrated"))}
 
 
-def _verify_operation(summary, operation_id, multipart, body_json, result):
-    return {"post": {
-        "summary": summary, "operationId": operation_id, "tags": ["verify"],
-        "parameters": [_ref("parameters", "Threshold"), _ref("parameters", "TargetFmr")],
-        "requestBody": {"required": True, "content": {
-            "multipart/form-data": {"schema": _ref("schemas", multipart)},
-            "application/json": {"schema": _ref("schemas", body_json)}}},
-        "responses": {"200": {"description": "Decision(s).", "content": _json(_ref("schemas", result))}, **ERRORS},
-    }}
+def openapi_path(rule):
+    """A Flask rule (/v1/subjects/<subject_id>) as an OpenAPI path (/v1/subjects/{subject_id})."""
+    return re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule)
 
 
-def _get(summary, operation_id, tag, ok, *, extra=None):
-    return {"get": {"summary": summary, "operationId": operation_id, "tags": [tag],
-                    "responses": {"200": ok, **(extra or {})}}}
-
-
-PATHS = {
-    "/v1/verify": _verify_operation("Verify that two images show the same identity", "verifyPair",
-                                    "ImagePairMultipart", "ImagePairJson", "VerifyResult"),
-    "/v1/verify/batch": _verify_operation("Verify many pairs in one request", "verifyBatch",
-                                          "ImageBatchMultipart", "ImageBatchJson", "BatchResult"),
-    "/healthz": _get("Liveness: the process answers", "healthz", "service", {
-        "description": "Alive.", "content": _json({"type": "object", "properties": {"status": {"type": "string"}}})}),
-    "/readyz": _get("Readiness: model loaded and warm in this worker", "readyz", "service",
-                    {"description": "Ready.", "content": _json(_ref("schemas", "Ready"))},
-                    extra={"503": _error_response("Not ready yet, or the bundle cannot be loaded.")}),
-    "/metrics": _get("Prometheus metrics", "metrics", "service",
-                     {"description": "Prometheus text exposition format 0.0.4.",
-                      "content": {"text/plain": {"schema": {"type": "string"}}}}),
-    "/openapi.json": _get("This document", "openapi", "service",
-                          {"description": "OpenAPI 3 document.", "content": _json({"type": "object"})}),
-}
-
-
-def build_spec():
-    """The complete document: these routes plus enrollment's, with shared components."""
-    paths = dict(PATHS)
-    for path, item in subjects.OPENAPI_PATHS.items():
-        paths[path] = {**paths.get(path, {}), **item}
+def build_spec(app):
+    """The complete document: every routed view's operation, with the shared and blueprint components."""
+    paths = {}
+    for rule in app.url_map.iter_rules():
+        spec = getattr(app.view_functions[rule.endpoint], "openapi", None)
+        if spec is None:
+            continue
+        for method in sorted(rule.methods - IGNORED_METHODS):
+            paths.setdefault(openapi_path(rule.rule), {})[method.lower()] = spec
+    schemas = dict(SCHEMAS)
+    for blueprint in app.blueprints.values():
+        schemas.update(getattr(blueprint, "openapi_schemas", {}))
     return {
         "openapi": "3.0.3",
         "info": {"title": "Identity verification service", "version": VERSION,
                  "description": "Siamese-embedding verification with calibrated decisions. Every error is "
                                 "JSON `{\"error\": {\"code\", \"message\"}}`."},
         "paths": paths,
-        "components": {"schemas": {**SCHEMAS, **getattr(subjects, "OPENAPI_SCHEMAS", {})},
-                       "responses": RESPONSES, "parameters": PARAMETERS},
+        "components": {"schemas": schemas, "responses": RESPONSES, "parameters": PARAMETERS},
     }
+
+
+bp = Blueprint("openapi", __name__)
+
+
+@bp.get("/openapi.json")
+@operation({"summary": "This document", "operationId": "openapi", "tags": ["service"],
+            "responses": {"200": {"description": "OpenAPI 3 document.", "content": json_content({"type": "object"})}}})
+def openapi():
+    """The OpenAPI 3 description of every route."""
+    return jsonify(build_spec(current_app))

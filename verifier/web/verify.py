@@ -1,15 +1,57 @@
-"""Pair verification and service routes: /v1/verify, /v1/verify/batch, health, metrics, OpenAPI."""
+"""Pair verification and service routes: /v1/verify, /v1/verify/batch, /healthz, /readyz.
+
+Each view carries its OpenAPI operation (`@operation`, under the route); the schemas only
+these operations use are `bp.openapi_schemas`.
+"""
 
 import time
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, current_app, jsonify
 
 from verifier.core.errors import VerifierError
 from verifier.web import metrics
-from verifier.web.app import get_scorer, scorer_holder
-from verifier.web.inputs import decode_field, images_from_request, options_from_request, raw_fields
+from verifier.web.extensions import get_scorer, scorer_holder
+from verifier.web.inputs import decode_list, images_from_request, options_from_request, raw_list
+from verifier.web.openapi import INPUT_ERRORS, NUMBER_OPTIONS, error_response, json_content, operation, ref
 
 bp = Blueprint("verify", __name__)
+
+bp.openapi_schemas = {
+    "VerifyResult": {"allOf": [
+        ref("schemas", "Decision"), ref("schemas", "ModelFields"),
+        {"type": "object", "required": ["timings_ms"], "properties": {"timings_ms": ref("schemas", "Timings")}},
+    ]},
+    "BatchResult": {"allOf": [
+        ref("schemas", "ModelFields"),
+        {"type": "object", "required": ["results", "count", "timings_ms"], "properties": {
+            "results": {"type": "array", "items": ref("schemas", "Decision")},
+            "count": {"type": "integer"},
+            "timings_ms": ref("schemas", "Timings")}},
+    ]},
+    "Ready": {"allOf": [ref("schemas", "ModelFields"), {
+        "type": "object", "required": ["status", "calibrated", "fast_path_max_abs_diff"], "properties": {
+            "status": {"type": "string", "enum": ["ready"]},
+            "calibrated": {"type": "boolean"},
+            "fast_path_max_abs_diff": {"type": "number", "nullable": True}}}]},
+}
+
+
+def _verify_operation(summary, operation_id, result, *, batch=False):
+    """A verify operation: image_a and image_b (one image each, or arrays for a batch) in either body."""
+    binary, text = {"type": "string", "format": "binary"}, {"type": "string", "format": "byte"}
+    if batch:
+        binary, text = {"type": "array", "items": binary}, {"type": "array", "items": text}
+
+    def body(field):
+        return {"type": "object", "required": ["image_a", "image_b"],
+                "properties": {"image_a": field, "image_b": field, **NUMBER_OPTIONS}}
+
+    return {"summary": summary, "operationId": operation_id, "tags": ["verify"],
+            "parameters": [ref("parameters", "Threshold"), ref("parameters", "TargetFmr")],
+            "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": body(binary)},
+                                                          "application/json": {"schema": body(text)}}},
+            "responses": {"200": {"description": "Decision(s).", "content": json_content(ref("schemas", result))},
+                          **INPUT_ERRORS}}
 
 
 def _ms_since(start):
@@ -17,12 +59,13 @@ def _ms_since(start):
 
 
 @bp.post("/v1/verify")
+@operation(_verify_operation("Verify that two images show the same identity", "verifyPair", "VerifyResult"))
 def verify():
     """Two images -> distance, decision, calibrated confidence, threshold and the policy behind it."""
     start = time.perf_counter()
     options = options_from_request()
     scorer = get_scorer()
-    scorer.resolve(**options)  # 503 uncalibrated / 422 bad override before any decoding
+    scorer.rule(**options)  # 503 uncalibrated / 400 or 422 bad option before any decoding
     images = images_from_request(("image_a", "image_b"))
     decoded = _ms_since(start)
     (decision,), timings = scorer.verify([images["image_a"]], [images["image_b"]], **options,
@@ -33,17 +76,16 @@ def verify():
 
 
 @bp.post("/v1/verify/batch")
+@operation(_verify_operation("Verify many pairs in one request (image_a[i] with image_b[i])", "verifyBatch",
+                             "BatchResult", batch=True))
 def verify_batch():
     """Many pairs: image_a[i] with image_b[i] (repeated multipart fields or JSON arrays), one batch."""
     start = time.perf_counter()
     options = options_from_request()
     scorer = get_scorer()
-    scorer.resolve(**options)
+    scorer.rule(**options)
     limit = current_app.config["MAX_BATCH_PAIRS"]
-    fields = {name: raw_fields(name) for name in ("image_a", "image_b")}
-    for name, values in fields.items():
-        if not values:
-            raise VerifierError(f"missing field {name!r}", code="missing_field")
+    fields = {name: raw_list(name) for name in ("image_a", "image_b")}
     count_a, count_b = len(fields["image_a"]), len(fields["image_b"])
     if count_a != count_b:
         raise VerifierError(f"image_a has {count_a} images and image_b {count_b}; pairs need equal counts",
@@ -51,8 +93,7 @@ def verify_batch():
     if count_a > limit:
         raise VerifierError(f"{count_a} pairs in one request; the limit is {limit}",
                             code="too_many_pairs", status=413)
-    images = {name: [decode_field(f"{name}[{i}]", data) for i, data in enumerate(values)]
-              for name, values in fields.items()}
+    images = {name: decode_list(name, values) for name, values in fields.items()}
     decoded = _ms_since(start)
     names = [f"{name}[{i}]" for name in ("image_a", "image_b") for i in range(count_a)]
     decisions, timings = scorer.verify(images["image_a"], images["image_b"], **options, names=names)
@@ -62,12 +103,20 @@ def verify_batch():
 
 
 @bp.get("/healthz")
+@operation({"summary": "Liveness: the process answers", "operationId": "healthz", "tags": ["service"],
+            "responses": {"200": {"description": "Alive.", "content": json_content({
+                "type": "object", "required": ["status"], "properties": {"status": {"type": "string",
+                                                                                    "enum": ["ok"]}}})}}})
 def healthz():
     """The process answers HTTP (says nothing about the model: see /readyz)."""
     return jsonify({"status": "ok"})
 
 
 @bp.get("/readyz")
+@operation({"summary": "Readiness: model loaded and warm in this worker", "operationId": "readyz",
+            "tags": ["service"],
+            "responses": {"200": {"description": "Ready.", "content": json_content(ref("schemas", "Ready"))},
+                          "503": error_response("Not ready yet, or the bundle cannot be loaded.")}})
 def readyz():
     """200 once this worker's scorer is loaded and warm; 503 with the reason before that."""
     holder = scorer_holder()
@@ -80,18 +129,3 @@ def readyz():
     return jsonify({"status": "ready", **scorer.describe(), "calibrated": scorer.calibration is not None,
                     "fast_path_max_abs_diff": scorer.agreement})
 
-
-@bp.get("/metrics")
-def metrics_text():
-    """Prometheus text: requests, latency histogram and decisions, summed over workers."""
-    scorer = scorer_holder().scorer
-    info = None if scorer is None else {key: value or "" for key, value in scorer.describe().items()}
-    return Response(metrics.render(current_app.config["METRICS_DIR"], info), content_type=metrics.CONTENT_TYPE)
-
-
-@bp.get("/openapi.json")
-def openapi():
-    """The OpenAPI 3 description of every route, enrollment's included."""
-    from verifier.web.openapi import build_spec
-
-    return jsonify(build_spec())

@@ -5,15 +5,17 @@
 
 `open_store` connects and applies pending migrations, so a clear error (a missing
 directory, an unreachable server) comes at start-up rather than at the first request.
+Submodules never import this package (only each other), so nothing here is read half-built.
 """
 
-from verifier.enrollment.store.base import SqlStore, check_metadata, check_subject_id
+from verifier.enrollment.store.base import (MAX_PAGE, PAGE_SIZE, SUBJECT_ID_PATTERN, SqlStore, check_metadata,
+                                            check_page_limit, check_subject_id)
 from verifier.enrollment.store.errors import Conflict, NotFound, StoreUnavailable
 
 DEFAULT_URL = "sqlite:///verifier.db"
 
-__all__ = ["Conflict", "DEFAULT_URL", "NotFound", "SqlStore", "StoreUnavailable", "check_metadata",
-           "check_subject_id", "open_store"]
+__all__ = ["Conflict", "DEFAULT_URL", "MAX_PAGE", "NotFound", "PAGE_SIZE", "SUBJECT_ID_PATTERN", "SqlStore",
+           "StoreUnavailable", "check_metadata", "check_page_limit", "check_subject_id", "open_store"]
 
 
 def open_store(url=None, *, keep_images=False, migrate=True):

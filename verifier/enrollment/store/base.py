@@ -20,11 +20,13 @@ from datetime import datetime, timezone
 import numpy as np
 
 from verifier.core.errors import VerifierError
-from verifier.enrollment.store import schema
 from verifier.enrollment.store.errors import Conflict, NotFound, StoreUnavailable
+from verifier.enrollment.store.schema import LATEST, migrate as migrate_schema
 
-SUBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+SUBJECT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+SUBJECT_ID = re.compile(SUBJECT_ID_PATTERN)
 MAX_METADATA_BYTES = 16 * 1024
+PAGE_SIZE = 50  # subjects per page unless asked otherwise
 MAX_PAGE = 1000
 
 
@@ -51,6 +53,13 @@ def check_metadata(metadata):
     if len(text.encode()) > MAX_METADATA_BYTES:
         raise VerifierError(f"metadata is larger than {MAX_METADATA_BYTES} bytes", code="invalid_metadata")
     return text
+
+
+def check_page_limit(limit):
+    """A page holds 1 to MAX_PAGE subjects; anything else (text, a float, a bool) is a 400."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise VerifierError(f"limit must be an integer from 1 to {MAX_PAGE}, got {limit!r}", code="invalid_option")
+    return limit
 
 
 def embedding_bytes(vector):
@@ -156,13 +165,13 @@ class SqlStore:
 
     # -- schema ------------------------------------------------------------------------
 
-    def migrate(self, target=schema.LATEST):
+    def migrate(self, target=LATEST):
         """Bring the schema up to `target`, once, even with several processes racing."""
         with self.transaction(write=True, exclusive=True) as tx:
-            version = schema.migrate(tx, self.blob_type, target)
-        if version > schema.LATEST:
+            version = migrate_schema(tx, self.blob_type, target)
+        if version > LATEST:
             raise StoreUnavailable(f"store {self.describe()} has schema version {version}, newer than "
-                                   f"this verifier understands ({schema.LATEST}): upgrade the verifier")
+                                   f"this verifier understands ({LATEST}): upgrade the verifier")
         return version
 
     def schema_version(self):
@@ -212,9 +221,9 @@ class SqlStore:
         return {"id": row[0], "metadata": json.loads(row[1]), "created": row[2],
                 "template_count": sum(by_bundle.values()), "templates_by_bundle": by_bundle}
 
-    def list_subjects(self, limit=50, after=None):
+    def list_subjects(self, limit=PAGE_SIZE, after=None):
         """One page of subjects in id order after the id `after`; returns (subjects, next_after, total)."""
-        limit = max(1, min(int(limit), MAX_PAGE))
+        check_page_limit(limit)
         with self.transaction() as tx:
             rows = tx.all(
                 "SELECT s.id, s.metadata, s.created, COUNT(t.id) FROM subjects s "

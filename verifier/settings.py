@@ -1,0 +1,51 @@
+"""The verifier's settings: one table of name -> (environment variable, default, type).
+
+The web app (`verifier.web.app`) and the CLI (`verifier.cli`) both read them here, so a
+default is written once. Plain Python: importing this loads no web code.
+"""
+
+import os
+
+from verifier.core import images
+
+DEFAULT_BUNDLE = "bundles/default"
+
+
+def flag(text):
+    """A yes/no environment value: 1, true, yes or on (any case) is yes."""
+    return str(text).strip().lower() in ("1", "true", "yes", "on")
+
+
+# Setting -> (environment variable, default, type). The environment overrides the default;
+# the web app's `config` overrides both.
+SETTINGS = {
+    "VERIFIER_BUNDLE": ("VERIFIER_BUNDLE", DEFAULT_BUNDLE, str),
+    "MAX_CONTENT_LENGTH": ("VERIFIER_MAX_CONTENT_LENGTH", 24 * 1024 * 1024, int),  # whole request
+    "MAX_IMAGE_BYTES": ("VERIFIER_MAX_IMAGE_BYTES", images.MAX_BYTES, int),  # one image
+    "MAX_PIXELS": ("VERIFIER_MAX_PIXELS", images.MAX_PIXELS, int),  # one decoded image
+    "MAX_BATCH_PAIRS": ("VERIFIER_MAX_BATCH_PAIRS", 64, int),
+    "DATABASE_URL": ("DATABASE_URL", None, str),  # enrollment store; None: the store's default
+    "KEEP_IMAGES": ("VERIFIER_KEEP_IMAGES", False, flag),  # keep enrolled images for `reembed`
+}
+
+
+def get(name):
+    """One setting: its environment variable when set (and not empty), else its default."""
+    env, default, kind = SETTINGS[name]
+    raw = os.environ.get(env)
+    if raw in (None, ""):
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {env}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def load(config=None):
+    """Every setting from the environment (or its default), then the explicit `config` (dict or object)."""
+    values = {name: get(name) for name in SETTINGS}
+    if config is not None:
+        items = config.items() if isinstance(config, dict) else (
+            (key, getattr(config, key)) for key in dir(config) if key.isupper())
+        values.update(items)
+    return values
