@@ -28,6 +28,7 @@ import os
 import sys
 import time
 from dataclasses import fields
+from typing import NamedTuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -38,9 +39,9 @@ from bench.baselines import BASELINES
 from calibration.metrics import auc, eer
 from calibration.pairs import pair_comparisons
 from imagesets import load_dataset
-from training.splits import default_validation, split_identities
+from training.bundles import default_split, fit_tower
 from training.towers import PRETRAINED, build_tower
-from training.trainer import TrainConfig, refit, train
+from training.trainer import TrainConfig
 from verifier.core.acquisition import acquire_dataset, chip_profile
 from verifier.core.embedder import Embedder
 from verifier.core.profiles import get_profile, preprocess_batch
@@ -76,19 +77,13 @@ def parse_overrides(items):
 def run_siamese(loss, overrides, data, split, profile, verbose, refit_after=True):
     """Train one loss with its own default recipe (training.trainer), plus any --set overrides,
     then (as `python -m training` does) refit on the training and validation identities together."""
-    train_set, val_set = data.subset(split.train), data.subset(split.validation)
     config = TrainConfig(**{"loss": loss, **overrides})
-    result = train(config, preprocess_batch(train_set.images, profile), train_set.labels, profile,
-                   val_images=preprocess_batch(val_set.images, profile), val_labels=val_set.labels,
-                   verbose=verbose)
-    final, seconds = result, result.training_seconds
-    if refit_after and result.best_validation_eer is not None:
-        both = data.subset(split.train + split.validation)
-        final = refit(config, result, preprocess_batch(both.images, profile), both.labels, profile, verbose=verbose)
-        seconds += final.training_seconds
-    return Embedder(final.model, profile).embed_batch, seconds, {
+    fitted = fit_tower(config, data, split, profile, validation=data.subset(split.validation),
+                       refit_after=refit_after, verbose=verbose)
+    result = fitted.training
+    return Embedder(fitted.final.model, profile).embed_batch, fitted.seconds, {
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-        "best_validation_eer": result.best_validation_eer, "refit": final is not result}
+        "best_validation_eer": result.best_validation_eer, "refit": fitted.refit_identities is not None}
 
 
 def run_face_resnet(loss, overrides, faces, split, profile, verbose, refit_after=True):
@@ -118,7 +113,7 @@ def evaluate(embeddings, labels, metric):
     return result, point, auc(pairs.genuine, pairs.impostor)
 
 
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default="orl")
     p.add_argument("--folds", type=int, default=4)
@@ -134,72 +129,91 @@ def main(argv=None):
                    help="evaluate the early-stopped model instead of the refit on training + validation identities")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", action="store_true", help="show training progress bars")
-    args = p.parse_args(argv)
-    models = [m for m in args.models.split(",") if m]
+    return p
+
+
+def choose_models(spec, data):
+    """The --models list, less the face rows on data that is not faces and dlib when it is not installed."""
+    models = [m for m in spec.split(",") if m]
     unknown = sorted(set(models) - set(MODELS))
     if unknown:
         raise SystemExit(f"unknown models: {', '.join(unknown)}")
-    overrides = {"seed": args.seed, **parse_overrides(args.set)}
-    data = load_dataset(args.data, strict=True)
-    face_data = data.profile == "face"
-    profile = get_profile("face-small" if face_data else data.profile)
-    if not face_data:
-        models = [m for m in models if m not in FACE and m != "dlib"]
-    elif "dlib" in models and not dlib_face.available():
+    if data.profile != "face":
+        return [m for m in models if m not in FACE and m != "dlib"]
+    if "dlib" in models and not dlib_face.available():
         print("skipping dlib: dlib-bin and face-recognition-models are not installed "
               "(pip install -r requirements-bench.txt)")
         models.remove("dlib")
-    faces, face_profile = None, chip_profile(get_profile("face"))
-    if any(m in FACE for m in models):
+    return models
+
+
+def detect_faces(data):
+    """Every image's aligned face chip, detected once for all folds (no face: left out and counted)."""
+    start = time.perf_counter()
+    faces, failed = acquire_dataset(data, get_profile("face"))
+    print(f"faces: detected and aligned in {len(faces)} of {len(data)} images "
+          f"({len(failed)} failures to acquire), {1000 * (time.perf_counter() - start) / len(data):.1f} ms an image")
+    return faces
+
+
+class Fold(NamedTuple):
+    """One fold's held-out identities and what each kind of model fits on."""
+
+    held: list
+    split: object  # training.splits.Split
+    test: object  # LabelledImages of the held-out identities
+    test_x: np.ndarray
+    fit: object  # LabelledImages of every other identity (what the baselines fit on)
+    fit_x: np.ndarray
+
+
+def make_fold(data, held, validation_identities, seed, profile):
+    test = data.subset(held)
+    split = default_split(data.identities, held, validation_identities, seed)
+    fit = data.subset(split.train + split.validation)
+    return Fold(held, split, test, preprocess_batch(test.images, profile), fit, preprocess_batch(fit.images, profile))
+
+
+def score_model(model, fold, data, faces, profile, args, overrides):
+    """Fit `model` for the fold and score its held-out pairs: (EER result, operating point, AUC, seconds, extra)."""
+    extra, labels = {}, fold.test.labels
+    if model in FACE:
+        face_profile = chip_profile(get_profile("face"))
+        embed, seconds, extra = run_face_resnet(FACE[model], overrides, faces, fold.split, face_profile,
+                                                args.verbose, args.refit)
+        held_faces = faces.subset(fold.held)
+        embeddings, metric, labels = embed(preprocess_batch(held_faces.images, face_profile)), \
+            "euclidean", held_faces.labels
+        extra["failures_to_acquire"] = len(fold.test) - len(held_faces)
+    elif model == "dlib":
+        embeddings, found, seconds = run_dlib(fold.test.images)
+        embeddings, metric, labels = embeddings[found], "euclidean", fold.test.labels[found]
+        extra = {"failures_to_acquire": int((~found).sum())}
+    elif model in SIAMESE:
+        embed, seconds, extra = run_siamese(SIAMESE[model], overrides, data, fold.split, profile, args.verbose,
+                                            args.refit)
+        embeddings, metric = embed(fold.test_x), "euclidean"
+    else:
         start = time.perf_counter()
-        faces, failed = acquire_dataset(data, get_profile("face"))
-        print(f"faces: detected and aligned in {len(faces)} of {len(data)} images "
-              f"({len(failed)} failures to acquire), {1000 * (time.perf_counter() - start) / len(data):.1f} ms an image")
-    folds = range(1, args.folds + 1) if args.only_folds is None else [int(f) for f in args.only_folds.split(",")]
-    if args.folds * args.per_fold > len(data.identities) or args.per_fold + 4 > len(data.identities):
-        raise SystemExit(f"{len(data.identities)} identities cannot make {args.folds} folds of {args.per_fold}")
-    print(f"{data.name}: {len(data.identities)} identities, {len(data)} images; "
-          f"{args.folds} folds of {args.per_fold} held-out identities; settings {overrides}")
-    results = {m: {} for m in models}
-    for fold in folds:
-        held = data.identities[(fold - 1) * args.per_fold:fold * args.per_fold]
-        n_rest = len(data.identities) - len(held)
-        n_val = default_validation(n_rest) if args.validation_identities is None else args.validation_identities
-        split = split_identities(data.identities, held, n_val, args.seed)
-        test = data.subset(held)
-        test_x = preprocess_batch(test.images, profile)
-        fit = data.subset(split.train + split.validation)  # baselines: every non-held-out identity
-        fit_x = preprocess_batch(fit.images, profile)
-        for model in models:
-            extra, labels = {}, test.labels
-            if model in FACE:
-                embed, seconds, extra = run_face_resnet(FACE[model], overrides, faces, split, face_profile,
-                                                        args.verbose, args.refit)
-                held_faces = faces.subset(held)
-                embeddings, metric, labels = embed(preprocess_batch(held_faces.images, face_profile)), \
-                    "euclidean", held_faces.labels
-                extra["failures_to_acquire"] = len(test) - len(held_faces)
-            elif model == "dlib":
-                embeddings, found, seconds = run_dlib(test.images)
-                embeddings, metric, labels = embeddings[found], "euclidean", test.labels[found]
-                extra = {"failures_to_acquire": int((~found).sum())}
-            elif model in SIAMESE:
-                embed, seconds, extra = run_siamese(SIAMESE[model], overrides, data, split, profile, args.verbose,
-                                                     args.refit)
-                embeddings, metric = embed(test_x), "euclidean"
-            else:
-                start = time.perf_counter()
-                embeddings, metric = BASELINES[model](fit_x, fit.labels, test_x), "cosine"
-                seconds = time.perf_counter() - start
-            result, point, area = evaluate(embeddings, labels, metric)
-            results[model][fold] = {"eer": result.value, "auc": area, "seconds": round(seconds, 1),
-                                    "false_matches": point.fmr.errors, "impostor": point.fmr.total,
-                                    "false_non_matches": point.fnmr.errors, "genuine": point.fnmr.total,
-                                    **extra}
-            counts = f"(FMR {point.fmr.errors}/{point.fmr.total}, FNMR {point.fnmr.errors}/{point.fnmr.total})"
-            fta = f"  no face {extra['failures_to_acquire']}" if "failures_to_acquire" in extra else ""
-            print(f"fold {fold} ({held[0]}..{held[-1]})  {model:24s} EER {100 * result.value:.2f}% {counts:30s} "
-                  f"AUC {area:.4f}  fit {seconds:6.1f} s{fta}", flush=True)
+        embeddings, metric = BASELINES[model](fold.fit_x, fold.fit.labels, fold.test_x), "cosine"
+        seconds = time.perf_counter() - start
+    result, point, area = evaluate(embeddings, labels, metric)
+    return result, point, area, seconds, extra
+
+
+def fold_row(fold_number, fold, model, result, point, area, seconds, extra):
+    """Print one model's fold line; returns its JSON record."""
+    counts = f"(FMR {point.fmr.errors}/{point.fmr.total}, FNMR {point.fnmr.errors}/{point.fnmr.total})"
+    fta = f"  no face {extra['failures_to_acquire']}" if "failures_to_acquire" in extra else ""
+    print(f"fold {fold_number} ({fold.held[0]}..{fold.held[-1]})  {model:24s} EER {100 * result.value:.2f}% "
+          f"{counts:30s} AUC {area:.4f}  fit {seconds:6.1f} s{fta}", flush=True)
+    return {"eer": result.value, "auc": area, "seconds": round(seconds, 1),
+            "false_matches": point.fmr.errors, "impostor": point.fmr.total,
+            "false_non_matches": point.fnmr.errors, "genuine": point.fnmr.total, **extra}
+
+
+def summarise(models, results, folds):
+    """Print the means over folds; returns the JSON summary per model."""
     print("\nmean over folds " + ",".join(str(f) for f in folds))
     summary = {}
     for model in models:
@@ -212,6 +226,29 @@ def main(argv=None):
         folds_text = " / ".join(f"{100 * r['eer']:.2f}" for r in per_fold.values())
         print(f"  {model:24s} EER {100 * mean_eer:5.2f}%  ({folds_text})  AUC {mean_auc:.4f}  "
               f"fit {seconds:.1f} s per fold")
+    return summary
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    overrides = {"seed": args.seed, **parse_overrides(args.set)}
+    data = load_dataset(args.data, strict=True)
+    models = choose_models(args.models, data)
+    profile = get_profile("face-small" if data.profile == "face" else data.profile)
+    faces = detect_faces(data) if any(m in FACE for m in models) else None
+    folds = range(1, args.folds + 1) if args.only_folds is None else [int(f) for f in args.only_folds.split(",")]
+    if args.folds * args.per_fold > len(data.identities) or args.per_fold + 4 > len(data.identities):
+        raise SystemExit(f"{len(data.identities)} identities cannot make {args.folds} folds of {args.per_fold}")
+    print(f"{data.name}: {len(data.identities)} identities, {len(data)} images; "
+          f"{args.folds} folds of {args.per_fold} held-out identities; settings {overrides}")
+    results = {m: {} for m in models}
+    for number in folds:
+        fold = make_fold(data, data.identities[(number - 1) * args.per_fold:number * args.per_fold],
+                         args.validation_identities, args.seed, profile)
+        for model in models:
+            results[model][number] = fold_row(number, fold, model,
+                                              *score_model(model, fold, data, faces, profile, args, overrides))
+    summary = summarise(models, results, folds)
     print(json.dumps({"data": data.name, "fingerprint": data.fingerprint, "folds": list(folds),
                       "per_fold": args.per_fold, "validation_identities": args.validation_identities,
                       "settings": overrides, "models": summary}))

@@ -4,8 +4,8 @@
     eigenfaces   PCA (Turk & Pentland 1991) fitted on the training images, cosine distance
     fisherfaces  PCA, then LDA to c - 1 dimensions (Belhumeur et al. 1997), cosine distance.
                  Belhumeur's PCA to N - c dimensions keeps the within-class noise of the
-                 training images and fails on unseen identities here (30% EER on ORL);
-                 PCA to 2c dimensions (60 for 30 identities) gave ~10%, and is used.
+                 training images and fails on unseen identities (README.md has the figures);
+                 PCA to 2c dimensions (60 for 30 identities) is used.
 """
 
 import numpy as np

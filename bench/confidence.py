@@ -19,13 +19,18 @@ import statistics
 import sys
 import time
 
-from calibration.cli import build_parser, run_bundle
-from calibration.confidence import CALIBRATORS
+from calibration.calibrate import calibrate_bundle
+from calibration.confidence import CALIBRATORS, DEFAULT_CONFIDENCE
 from calibration.policies import parse_policy
+from imagesets import load_dataset
 from verifier.core.errors import VerifierError
 
 POLICY = "fmr=0.01"
 ECE_GOAL = 0.03
+
+
+def _log(message):
+    print(message, file=sys.stderr)
 
 
 def _inside(x, interval):
@@ -36,21 +41,20 @@ def _pct(interval):
     return "n/a" if interval is None else f"[{100 * interval[0]:.2f}%, {100 * interval[1]:.2f}%]"
 
 
-def one_split(bundle, seed, bootstrap, confidence):
-    """Calibrate at POLICY with one split seed; returns (summary, figures)."""
-    args = build_parser().parse_args(["--bundle", bundle, "--data", "orl", "--policy", POLICY, "--dry-run",
-                                      "--seed", str(seed), "--bootstrap", str(bootstrap),
-                                      "--confidence", confidence])
-    summary, _ = run_bundle(args, parse_policy(POLICY))
-    dev, evaluation = summary["metrics"]["dev"], summary["metrics"]["eval"]
-    target = parse_policy(POLICY).target
-    return summary, {
-        "seed": seed, "threshold": summary["threshold"],
+def one_split(bundle, data, seed, bootstrap, confidence):
+    """Calibrate at POLICY with one split seed; returns (Calibrated, figures)."""
+    policy = parse_policy(POLICY)
+    result = calibrate_bundle(bundle, data, policy, spec="orl", confidence=confidence, seed=seed,
+                              n_bootstrap=bootstrap, log=_log)
+    calibration = result.calibration
+    dev, evaluation = calibration["metrics"]["dev"], calibration["metrics"]["eval"]
+    return result, {
+        "seed": seed, "threshold": calibration["threshold"],
         "dev_fmr": dev["fmr"]["value"], "dev_fmr_ci": dev["fmr"]["ci"],
         "eval_fmr": evaluation["fmr"]["value"],
         "eval_fmr_counts": [evaluation["fmr"]["errors"], evaluation["fmr"]["total"]],
         "eval_fmr_ci": evaluation["fmr"]["ci"],
-        "target_in_eval_ci": _inside(target, evaluation["fmr"]["ci"]),
+        "target_in_eval_ci": _inside(policy.target, evaluation["fmr"]["ci"]),
         "eval_fmr_in_dev_ci": _inside(evaluation["fmr"]["value"], dev["fmr"]["ci"]),
         "eval_fnmr": evaluation["fnmr"]["value"], "eval_eer": evaluation["eer"]["value"],
         "dev_ece": dev["confidence"]["ece"], "eval_ece": evaluation["confidence"]["ece"],
@@ -58,48 +62,69 @@ def one_split(bundle, seed, bootstrap, confidence):
     }
 
 
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--bundle", default="bundles/default")
     p.add_argument("--seed", type=int, default=0, help="the headline split seed")
     p.add_argument("--splits", type=int, default=10, help="split seeds in all (seed, seed+1, ...)")
     p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--confidence", choices=sorted(CALIBRATORS), default=build_parser().get_default("confidence"),
+    p.add_argument("--confidence", choices=sorted(CALIBRATORS), default=DEFAULT_CONFIDENCE,
                    help="map from distance to P(same) whose eval ECE is judged (default: as python -m calibration)")
-    opts = p.parse_args(argv)
-    start = time.perf_counter()
-    try:
-        runs = [one_split(opts.bundle, opts.seed + k, opts.bootstrap, opts.confidence)
-                for k in range(max(1, opts.splits))]
-    except VerifierError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
-    summary, head = runs[0]
-    dev, evaluation = summary["metrics"]["dev"], summary["metrics"]["eval"]
+    return p
 
-    print(f"{summary['source']}: policy {POLICY} -> threshold {summary['threshold']:.6g} (split seed {opts.seed})")
+
+def print_headline(result, seed):
+    """The headline split's threshold and its dev and eval figures."""
+    calibration = result.calibration
+    print(f"{result.source}: policy {POLICY} -> threshold {calibration['threshold']:.6g} (split seed {seed})")
     print(f"{'split':<6}{'ids':>4}  {'FMR at threshold':<22}{'95% CI':<20}{'FNMR at threshold':<22}"
           f"{'EER':>8}{'ECE':>8}{'Cllr':>8}")
-    for name, m in (("dev", dev), ("eval", evaluation)):
+    for name in ("dev", "eval"):
+        m = calibration["metrics"][name]
         print(f"{name:<6}{m['identities']:>4}  {m['fmr']['text']:<22}{_pct(m['fmr']['ci']):<20}"
               f"{m['fnmr']['text']:<22}{100 * m['eer']['value']:>7.2f}%{m['confidence']['ece']:>8.4f}"
               f"{m['confidence']['cllr']:>8.4f}")
-    if len(runs) > 1:
-        print(f"\n{'seed':>4}  {'eval FMR':>9}  {'95% CI':<18}{'1% inside':>10}{'eval ECE':>10}{'eval EER':>10}")
-        for _, r in runs:
-            print(f"{r['seed']:>4}  {100 * r['eval_fmr']:>8.2f}%  {_pct(r['eval_fmr_ci']):<18}"
-                  f"{str(r['target_in_eval_ci']):>10}{r['eval_ece']:>10.4f}{100 * r['eval_eer']:>9.2f}%")
+
+
+def print_spread(runs):
+    """One line per split seed: how far the eval figures move between draws."""
+    print(f"\n{'seed':>4}  {'eval FMR':>9}  {'95% CI':<18}{'1% inside':>10}{'eval ECE':>10}{'eval EER':>10}")
+    for _, r in runs:
+        print(f"{r['seed']:>4}  {100 * r['eval_fmr']:>8.2f}%  {_pct(r['eval_fmr_ci']):<18}"
+              f"{str(r['target_in_eval_ci']):>10}{r['eval_ece']:>10.4f}{100 * r['eval_eer']:>9.2f}%")
+
+
+def result_line(runs, opts, seconds):
+    """The JSON result: the headline split's figures and the counts over all splits."""
+    result, head = runs[0]
     eces = [r["eval_ece"] for _, r in runs]
-    result = {
-        "bench": "calibration", "bundle_id": summary["bundle"]["bundle_id"], "data": "orl", "policy": POLICY,
+    return {
+        "bench": "calibration", "bundle_id": result.bundle_id, "data": "orl", "policy": POLICY,
         "confidence": opts.confidence,
-        "identities": summary["sizes"]["identities"], "bootstrap": opts.bootstrap, **head,
+        "identities": result.calibration["sizes"]["identities"], "bootstrap": opts.bootstrap, **head,
         "ece_goal": ECE_GOAL, "ece_ok": head["eval_ece"] <= ECE_GOAL,
         "splits": len(runs), "target_in_eval_ci_splits": sum(r["target_in_eval_ci"] for _, r in runs),
         "eval_ece_median": statistics.median(eces), "eval_ece_range": [min(eces), max(eces)],
         "ece_ok_splits": sum(e <= ECE_GOAL for e in eces),
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": round(seconds, 1),
     }
+
+
+def main(argv=None):
+    opts = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    try:
+        data = load_dataset("orl")
+        runs = [one_split(opts.bundle, data, opts.seed + k, opts.bootstrap, opts.confidence)
+                for k in range(max(1, opts.splits))]
+    except VerifierError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    print_headline(runs[0][0], opts.seed)
+    if len(runs) > 1:
+        print_spread(runs)
+    result = result_line(runs, opts, time.perf_counter() - start)
+    head = runs[0][1]
     print(f"\nseed {opts.seed}: target 1% inside the eval FMR 95% CI: {head['target_in_eval_ci']}; eval FMR inside "
           f"the dev 95% CI: {head['eval_fmr_in_dev_ci']}; eval ECE {head['eval_ece']:.4f} "
           f"({'meets' if result['ece_ok'] else 'misses'} the goal <= {ECE_GOAL}). Over {len(runs)} splits: target "

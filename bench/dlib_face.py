@@ -68,9 +68,7 @@ class DlibFacePipeline:
     upsample: times the HOG detector upsamples the image (each doubles it) before it looks
         for faces; 2 finds the small faces of 90-112 px images that 1 misses.
     border: pixels of replicated border added on every side before detection, for tight
-        crops whose face reaches the image edge. Of the 3,037 lfw-dev images (90x90 crops)
-        that the seeded 1000 + 1000 pair sample uses, no face was found in 93 with no border,
-        69 with 10 px and 120 with 30 px.
+        crops whose face reaches the image edge (what it changes on lfw-dev: README.md).
     jitter: dlib's num_jitters; above 1 it averages the descriptors of that many randomly
         jittered chips (1 and 0 both mean none).
     """
@@ -208,7 +206,7 @@ def embed_timed(pipeline, images):
     return embeddings, found, 1000 * (time.perf_counter() - start) / max(len(images), 1)
 
 
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default="orl", help="orl (open-set folds) or a folder PATH/<identity>/<images>")
     p.add_argument("--folds", type=int, default=4, help="orl: folds of held-out identities")
@@ -219,7 +217,31 @@ def main(argv=None):
     p.add_argument("--border", type=int, default=0, help="replicated border in px added before detection")
     p.add_argument("--jitter", type=int, default=0, help="dlib num_jitters (0 or 1: none)")
     p.add_argument("--repeats", type=int, default=50, help="repeats of the timed verification")
-    args = p.parse_args(argv)
+    return p
+
+
+def run_orl(data, pipeline, args):
+    """Embed every image, score the open-set folds; returns (found, ms per image, report fields)."""
+    embeddings, found, ms = embed_timed(pipeline, data.images)
+    folds = run_folds(data, embeddings, found, args.folds, args.per_fold)
+    mean = float(np.mean([r["eer"] for r in folds.values()]))
+    per_fold = " / ".join(f"{100 * r['eer']:.2f}" for r in folds.values())
+    print(f"mean EER {100 * mean:.2f}%  ({per_fold})")
+    return found, ms, {"per_fold": args.per_fold, "mean_eer": mean, "folds": folds}
+
+
+def run_sampled(data, pipeline, args):
+    """Embed the images a seeded pair sample uses and score those pairs; returns as `run_orl`."""
+    first, second, label = sample_pairs(data.labels, args.pairs, args.seed)
+    used = np.unique(np.concatenate([first, second]))  # embed only the images the pairs use
+    embeddings, found, ms = embed_timed(pipeline, [data.images[i] for i in used])
+    result = score_pairs(embeddings, found, np.searchsorted(used, first), np.searchsorted(used, second), label)
+    print(f"{args.pairs} + {args.pairs} sampled pairs (seed {args.seed})  {describe(result)}")
+    return found, ms, {"pairs": args.pairs, "seed": args.seed, **result}
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if not available():
         raise SystemExit("dlib or face_recognition_models missing: pip install -r requirements-bench.txt")
     data = load_dataset(args.data, strict=True)
@@ -228,19 +250,10 @@ def main(argv=None):
     print(f"{data.name}: {len(data.identities)} identities, {len(data)} images; dlib {settings}")
     report = {"data": data.name, "fingerprint": data.fingerprint, "settings": settings}
     if args.data == "orl":
-        embeddings, found, ms = embed_timed(pipeline, data.images)
-        folds = run_folds(data, embeddings, found, args.folds, args.per_fold)
-        mean = float(np.mean([r["eer"] for r in folds.values()]))
-        per_fold = " / ".join(f"{100 * r['eer']:.2f}" for r in folds.values())
-        print(f"mean EER {100 * mean:.2f}%  ({per_fold})")
-        report.update(per_fold=args.per_fold, mean_eer=mean, folds=folds)
+        found, ms, scored = run_orl(data, pipeline, args)
     else:
-        first, second, label = sample_pairs(data.labels, args.pairs, args.seed)
-        used = np.unique(np.concatenate([first, second]))  # embed only the images the pairs use
-        embeddings, found, ms = embed_timed(pipeline, [data.images[i] for i in used])
-        result = score_pairs(embeddings, found, np.searchsorted(used, first), np.searchsorted(used, second), label)
-        print(f"{args.pairs} + {args.pairs} sampled pairs (seed {args.seed})  {describe(result)}")
-        report.update(pairs=args.pairs, seed=args.seed, **result)
+        found, ms, scored = run_sampled(data, pipeline, args)
+    report.update(scored)
     verification_ms = time_verification(data.images[0], data.images[1], args.repeats, pipeline)
     print(f"images {len(found)}, no face found in {int((~found).sum())}; {ms:.1f} ms per image; "
           f"one verification (images 0 and 1, detect + embed both) {verification_ms:.1f} ms median "

@@ -3,7 +3,7 @@
     python bench/identify.py [--bundle bundles/default] [--sizes 10000 100000] [--per-subject 5]
 
 Synthetic, L2-normalised embeddings of the bundle's size (no model runs: the probe's
-embedding costs the same ~1 ms whatever the gallery) are written into a fresh SQLite
+embedding costs the same whatever the gallery) are written into a fresh SQLite
 store, then for each size it times, on this machine:
 
     reload    reading all the bundle's templates from the store into the per-worker matrix
@@ -23,7 +23,7 @@ one JSON object.
 
 BLAS runs single-threaded here (OPENBLAS_NUM_THREADS=1 unless set), as it should in each
 gunicorn worker: the workers already use every core, and a multi-threaded matrix-vector
-product on busy shared cores is slower, not faster (16 ms instead of 0.5 ms measured here).
+product on busy shared cores is slower, not faster (README.md has the figure).
 """
 
 import argparse
@@ -90,7 +90,7 @@ def loop_ms(store, metric, rule, probe, sample=500):
     return 1000 * (time.perf_counter() - start) * len(by_subject) / len(groups)
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bundle", default="bundles/default", help="read embedding size and metric from it")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -98,12 +98,52 @@ def main(argv=None):
     parser.add_argument("--rule", default="mean", choices=("mean", "min", "centroid"))
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def embedding_shape(bundle):
+    """(dimensions, metric, where they came from): the bundle's, or 64-d euclidean without one."""
     try:
-        meta = read_meta(args.bundle)
-        dim, metric, source = int(meta["embedding_size"]), meta["metric"], f"bundle {meta['bundle_id']}"
+        meta = read_meta(bundle)
+        return int(meta["embedding_size"]), meta["metric"], f"bundle {meta['bundle_id']}"
     except VerifierError as exc:
-        dim, metric, source = 64, "euclidean", f"default size ({exc.message})"
+        return 64, "euclidean", f"default size ({exc.message})"
+
+
+def append_ms(store, gallery, size, per_subject, dim, rng):
+    """Median milliseconds to merge one new enrollment into the cached matrix (5 enrollments timed)."""
+    appends = []
+    for k in range(5):
+        vectors = rng.normal(size=(per_subject, dim)).astype(np.float32)
+        store.add_templates(f"late{size}-{k}", BUNDLE_ID, vectors / np.linalg.norm(vectors, axis=1, keepdims=True),
+                            create=True)
+        start = time.perf_counter()
+        gallery.snapshot()
+        appends.append(1000 * (time.perf_counter() - start))
+    return statistics.median(appends)
+
+
+def measure_size(store, size, args, dim, metric, rng):
+    """Reload, append, identify and Python-loop timings for a store holding `size` templates."""
+    gallery = Gallery(store, BUNDLE_ID, metric, args.rule)  # a whole load, as after a deletion
+    start = time.perf_counter()
+    gallery.snapshot()
+    reload_ms = 1000 * (time.perf_counter() - start)
+    appended = append_ms(store, gallery, size, args.per_subject, dim, rng)
+    probes = rng.normal(size=(args.repeats, dim)).astype(np.float32)
+    probe_iter = iter(probes)
+    median, times = time_ms(lambda: gallery.search(next(probe_iter), top_k=5), args.repeats)
+    loop = loop_ms(store, metric, args.rule, probes[0])
+    return {"templates": size, "subjects": size // args.per_subject, "reload_ms": round(reload_ms, 1),
+            "append_ms": round(appended, 1),
+            "identify_ms_median": round(median, 2), "identify_ms_p95": round(float(np.percentile(times, 95)), 2),
+            "python_loop_ms": round(loop, 1),
+            "matrix_mb": round(gallery.snapshot().templates.nbytes / 2**20, 1)}
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    dim, metric, source = embedding_shape(args.bundle)
     print(f"embeddings: {dim} floats, {metric}, from {source}; fusion rule {args.rule}; "
           f"{args.per_subject} templates per subject")
     rng = np.random.default_rng(args.seed)
@@ -113,28 +153,7 @@ def main(argv=None):
         filled = 0
         for size in sorted(args.sizes):
             filled = fill(store, size, args.per_subject, dim, rng, start=filled)
-            gallery = Gallery(store, BUNDLE_ID, metric, args.rule)  # a whole load, as after a deletion
-            start = time.perf_counter()
-            gallery.snapshot()
-            reload_ms = 1000 * (time.perf_counter() - start)
-            appends = []
-            for k in range(5):  # one enrollment at a time, merged into the cached matrix
-                vectors = rng.normal(size=(args.per_subject, dim)).astype(np.float32)
-                store.add_templates(f"late{size}-{k}", BUNDLE_ID,
-                                    vectors / np.linalg.norm(vectors, axis=1, keepdims=True), create=True)
-                start = time.perf_counter()
-                gallery.snapshot()
-                appends.append(1000 * (time.perf_counter() - start))
-            append_ms = statistics.median(appends)
-            probes = rng.normal(size=(args.repeats, dim)).astype(np.float32)
-            probe_iter = iter(probes)
-            median, times = time_ms(lambda: gallery.search(next(probe_iter), top_k=5), args.repeats)
-            loop = loop_ms(store, metric, args.rule, probes[0])
-            row = {"templates": size, "subjects": size // args.per_subject, "reload_ms": round(reload_ms, 1),
-                   "append_ms": round(append_ms, 1),
-                   "identify_ms_median": round(median, 2), "identify_ms_p95": round(float(np.percentile(times, 95)), 2),
-                   "python_loop_ms": round(loop, 1),
-                   "matrix_mb": round(gallery.snapshot().templates.nbytes / 2**20, 1)}
+            row = measure_size(store, size, args, dim, metric, rng)
             results.append(row)
             print(f"{size:>8} templates ({row['subjects']} subjects): identify {row['identify_ms_median']} ms "
                   f"median (p95 {row['identify_ms_p95']} ms); after an enrollment {row['append_ms']} ms, "

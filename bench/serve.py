@@ -11,6 +11,7 @@ Both servers are stopped at the end, whatever happens.
 """
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -187,7 +188,7 @@ def children(pid):
     return sorted(out)
 
 
-def main():
+def build_parser():
     parser = argparse.ArgumentParser(description="Benchmark the verifier service against a naive server.")
     parser.add_argument("--bundle", default="bundles/default")
     parser.add_argument("--requests", type=int, default=600, help="requests per concurrency level (service)")
@@ -196,89 +197,120 @@ def main():
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--log-dir", default=None, help="where the servers' logs go (default: a temp dir)")
-    args = parser.parse_args()
+    return parser
 
+
+@contextlib.contextmanager
+def running(argv, log_path, port, ready_path):
+    """A server process, ready on `port`, stopped when the block ends whatever happens."""
+    process = start(argv, log_path)
+    try:
+        wait_until(port, ready_path, process, log_path)
+        yield process
+    finally:
+        stop(process)
+
+
+def measure(servers, body, headers, levels, results):
+    """Load each server at each concurrency level; one printed row and one results row each."""
+    print(f"{'server':8} {'clients':>7} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'verif/s':>8} "
+          f"{'errors':>6} {'server CPU ms/verif':>19} {'client CPU ms/verif':>19}")
+    for name, target, total, pids in servers:
+        for clients in levels:
+            row = load(target, body, headers, total, clients, pids)
+            results[name].append(row)
+            print(f"{name:8} {clients:>7} {total:>8} {row['p50_ms']:>8} {row['p99_ms']:>8} "
+                  f"{row['verifications_per_s']:>8} {row['errors']:>6} "
+                  f"{row['server_cpu_ms_per_verification']:>19} {row['client_cpu_ms_per_verification']:>19}")
+
+
+def judge(results, levels, profile):
+    """Speed-ups over the naive server, the idle-machine estimate and the goals, into `results`."""
+    best = max(row["verifications_per_s"] for row in results["service"])
+    best_naive = max(row["verifications_per_s"] for row in results["naive"])
+    one = next(row for row in results["service"] if row["clients"] == levels[0])
+    one_naive = next(row for row in results["naive"] if row["clients"] == levels[0])
+    results["speedup_throughput"] = round(best / best_naive, 1)
+    results["speedup_p50_one_client"] = round(one_naive["p50_ms"] / one["p50_ms"], 1)
+    cpu = results["service"][-1]
+    results["idle_machine_estimate_per_s"] = round(
+        1000 * os.cpu_count() / (cpu["server_cpu_ms_per_verification"] + cpu["client_cpu_ms_per_verification"]))
+    goals = FACE_GOALS if profile.detector else GOALS
+    results["goals"] = {
+        "verifications_per_s": {"goal": goals["verifications_per_s"], "got": best,
+                                "met": best >= goals["verifications_per_s"]},
+        "p50_ms_one_client": {"goal": goals["p50_ms_one_client"], "got": one["p50_ms"],
+                              "met": one["p50_ms"] <= goals["p50_ms_one_client"]},
+        "worker_rss_mb": {"goal": goals["worker_rss_mb"], "got": max(results["worker_rss_mb"]),
+                          "met": max(results["worker_rss_mb"]) <= goals["worker_rss_mb"]},
+    }
+    return one
+
+
+def compare_dlib(results, images, one):
+    """face_recognition's dlib pipeline on the same two images, against our p50 at one client."""
+    decoded = [cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_UNCHANGED) for image in images]
+    results["dlib_ms_per_verification"] = round(dlib_face.time_verification(*decoded), 1)
+    ratio = round(results["dlib_ms_per_verification"] / one["p50_ms"], 1)
+    results["goals"]["faster_than_dlib"] = {"goal": DLIB_SPEEDUP_GOAL, "got": ratio, "met": ratio >= DLIB_SPEEDUP_GOAL}
+    print(f"face_recognition's dlib pipeline, same two images, one thread, in-process: "
+          f"{results['dlib_ms_per_verification']} ms a verification ({ratio}x our p50 at 1 client)")
+
+
+def print_summary(results, levels):
+    cpu = results["service"][-1]
+    print(f"speed-up over model.predict per request: {results['speedup_throughput']}x throughput, "
+          f"{results['speedup_p50_one_client']}x p50 at {levels[0]} client(s)")
+    print(f"CPU per verification at {cpu['clients']} clients: server {cpu['server_cpu_ms_per_verification']} ms + "
+          f"client {cpu['client_cpu_ms_per_verification']} ms -> about {results['idle_machine_estimate_per_s']} "
+          f"verifications/s if this machine's {os.cpu_count()} CPUs did nothing else")
+    print(f"gunicorn worker RSS (MB): {results['worker_rss_mb']}; naive server RSS {results['naive_rss_mb']} MB")
+    for goal, check in results["goals"].items():
+        print(f"goal {goal}: {check['got']} vs {check['goal']} -> {'met' if check['met'] else 'NOT met'}")
+
+
+def benchmark(args, meta, profile, images, service, port, naive, naive_port):
+    """Warm both servers up, load them at every level, judge the results and print them; returns the results."""
+    body, headers = multipart(images)
+    levels = [int(c) for c in args.clients.split(",")]
+    results = {"bundle": meta["bundle_id"], "service": [], "naive": []}
+    load(port, body, headers, 50, 2)  # warm-up, not counted
+    load(naive_port, body, headers, 4, 1)
+    results["load_average_before"] = [round(x, 2) for x in os.getloadavg()]
+    print(f"bundle {meta['bundle_id']} ({meta['profile']['name']}), {args.workers} workers x {args.threads} "
+          f"threads, {os.cpu_count()} CPUs, client on the same machine, load average "
+          f"{results['load_average_before'][0]} before (other work competes for the CPUs)")
+    workers = children(service.pid)
+    measure((("service", port, args.requests, workers), ("naive", naive_port, args.naive_requests, [naive.pid])),
+            body, headers, levels, results)
+    results["worker_rss_mb"] = [rss_mb(pid) for pid in workers]
+    results["naive_rss_mb"] = rss_mb(naive.pid)
+    one = judge(results, levels, profile)
+    if profile.detector and dlib_face.available():
+        compare_dlib(results, images, one)
+    print_summary(results, levels)
+    return results
+
+
+def main():
+    args = build_parser().parse_args()
     bundle = Path(args.bundle).resolve()
     try:
         meta = read_meta(bundle)
     except VerifierError as exc:
         sys.exit(f"error: {exc.message}")
-    levels = [int(c) for c in args.clients.split(",")]
     profile = Profile.from_dict(meta["profile"])
     images = payload_images(profile)
-    body, headers = multipart(images)
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="bench-serve-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-
-    service = naive = None
-    results = {"bundle": meta["bundle_id"], "service": [], "naive": []}
-    try:
-        port = free_port()
-        service = start([sys.executable, "-m", "verifier", "serve", "--bundle", str(bundle), "--port", str(port),
-                         "--workers", str(args.workers), "--threads", str(args.threads)], log_dir / "service.log")
-        wait_until(port, "/readyz", service, log_dir / "service.log")
+    port = free_port()
+    with running([sys.executable, "-m", "verifier", "serve", "--bundle", str(bundle), "--port", str(port),
+                  "--workers", str(args.workers), "--threads", str(args.threads)],
+                 log_dir / "service.log", port, "/readyz") as service:
         naive_port = free_port()
-        naive = start([sys.executable, str(ROOT / "bench" / "naive_server.py"), "--bundle", str(bundle),
-                       "--port", str(naive_port)], log_dir / "naive.log")
-        wait_until(naive_port, "/healthz", naive, log_dir / "naive.log")
-
-        load(port, body, headers, 50, 2)  # warm-up, not counted
-        load(naive_port, body, headers, 4, 1)
-        results["load_average_before"] = [round(x, 2) for x in os.getloadavg()]
-        print(f"bundle {meta['bundle_id']} ({meta['profile']['name']}), {args.workers} workers x {args.threads} "
-              f"threads, {os.cpu_count()} CPUs, client on the same machine, load average "
-              f"{results['load_average_before'][0]} before (other work competes for the CPUs)")
-        print(f"{'server':8} {'clients':>7} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'verif/s':>8} "
-              f"{'errors':>6} {'server CPU ms/verif':>19} {'client CPU ms/verif':>19}")
-        workers = children(service.pid)
-        servers = (("service", port, args.requests, workers), ("naive", naive_port, args.naive_requests, [naive.pid]))
-        for name, target, total, pids in servers:
-            for clients in levels:
-                row = load(target, body, headers, total, clients, pids)
-                results[name].append(row)
-                print(f"{name:8} {clients:>7} {total:>8} {row['p50_ms']:>8} {row['p99_ms']:>8} "
-                      f"{row['verifications_per_s']:>8} {row['errors']:>6} "
-                      f"{row['server_cpu_ms_per_verification']:>19} {row['client_cpu_ms_per_verification']:>19}")
-
-        results["worker_rss_mb"] = [rss_mb(pid) for pid in workers]
-        results["naive_rss_mb"] = rss_mb(naive.pid)
-        best = max(row["verifications_per_s"] for row in results["service"])
-        best_naive = max(row["verifications_per_s"] for row in results["naive"])
-        one = next(row for row in results["service"] if row["clients"] == levels[0])
-        one_naive = next(row for row in results["naive"] if row["clients"] == levels[0])
-        results["speedup_throughput"] = round(best / best_naive, 1)
-        results["speedup_p50_one_client"] = round(one_naive["p50_ms"] / one["p50_ms"], 1)
-        cpu = results["service"][-1]
-        results["idle_machine_estimate_per_s"] = round(
-            1000 * os.cpu_count() / (cpu["server_cpu_ms_per_verification"] + cpu["client_cpu_ms_per_verification"]))
-        goals = FACE_GOALS if profile.detector else GOALS
-        results["goals"] = {
-            "verifications_per_s": {"goal": goals["verifications_per_s"], "got": best,
-                                    "met": best >= goals["verifications_per_s"]},
-            "p50_ms_one_client": {"goal": goals["p50_ms_one_client"], "got": one["p50_ms"],
-                                  "met": one["p50_ms"] <= goals["p50_ms_one_client"]},
-            "worker_rss_mb": {"goal": goals["worker_rss_mb"], "got": max(results["worker_rss_mb"]),
-                              "met": max(results["worker_rss_mb"]) <= goals["worker_rss_mb"]},
-        }
-        if profile.detector and dlib_face.available():
-            decoded = [cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_UNCHANGED) for image in images]
-            results["dlib_ms_per_verification"] = round(dlib_face.time_verification(*decoded), 1)
-            ratio = round(results["dlib_ms_per_verification"] / one["p50_ms"], 1)
-            results["goals"]["faster_than_dlib"] = {"goal": DLIB_SPEEDUP_GOAL, "got": ratio,
-                                                    "met": ratio >= DLIB_SPEEDUP_GOAL}
-            print(f"face_recognition's dlib pipeline, same two images, one thread, in-process: "
-                  f"{results['dlib_ms_per_verification']} ms a verification ({ratio}x our p50 at 1 client)")
-        print(f"speed-up over model.predict per request: {results['speedup_throughput']}x throughput, "
-              f"{results['speedup_p50_one_client']}x p50 at {levels[0]} client(s)")
-        print(f"CPU per verification at {cpu['clients']} clients: server {cpu['server_cpu_ms_per_verification']} ms + "
-              f"client {cpu['client_cpu_ms_per_verification']} ms -> about {results['idle_machine_estimate_per_s']} "
-              f"verifications/s if this machine's {os.cpu_count()} CPUs did nothing else")
-        print(f"gunicorn worker RSS (MB): {results['worker_rss_mb']}; naive server RSS {results['naive_rss_mb']} MB")
-        for goal, check in results["goals"].items():
-            print(f"goal {goal}: {check['got']} vs {check['goal']} -> {'met' if check['met'] else 'NOT met'}")
-    finally:
-        stop(service)
-        stop(naive)
+        with running([sys.executable, str(ROOT / "bench" / "naive_server.py"), "--bundle", str(bundle),
+                      "--port", str(naive_port)], log_dir / "naive.log", naive_port, "/healthz") as naive:
+            results = benchmark(args, meta, profile, images, service, port, naive, naive_port)
     print(json.dumps(results))
 
 

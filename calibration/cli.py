@@ -7,6 +7,7 @@ Bundle mode embeds identities the model never trained on (see `calibration.proto
 splits them into dev (chooses the threshold, fits the confidence) and eval (reports how
 both hold up), and writes calibration.json into the bundle plus a report folder.
 Score mode does the same on a CSV of distances (`label`, `distance`, optional `id_a`, `id_b`).
+The work is `calibration.calibrate`'s; this module parses, writes and prints.
 
 Summary layout (printed by --json, saved as report.json; calibration.json holds the same
 keys plus operating_points, minus source/written/report_dir):
@@ -34,11 +35,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from calibration import fit  # noqa: E402
-from calibration.confidence import CALIBRATORS  # noqa: E402
-from calibration.pairs import Comparisons, pair_comparisons, template_comparisons  # noqa: E402
+from calibration.calibrate import calibrate_bundle, calibrate_scores  # noqa: E402
+from calibration.confidence import CALIBRATORS, DEFAULT_CONFIDENCE  # noqa: E402
+from calibration.pairs import Comparisons  # noqa: E402
 from calibration.policies import PolicyError, parse_policy  # noqa: E402
-from calibration.protocol import (MIN_IDENTITIES, CalibrationError, held_out_identities,  # noqa: E402
-                                  images_per_identity_cap, sample_rows, split_dev_eval)
+from calibration.protocol import CalibrationError  # noqa: E402
 from calibration.report import dumps, json_safe, text_summary, write_report  # noqa: E402
 from verifier.core.errors import VerifierError  # noqa: E402
 from verifier.core.fusion import DEFAULT_RULE, RULES  # noqa: E402
@@ -54,7 +55,7 @@ def build_parser():
                         "optional id_a, id_b (identities, for the dev/eval split and the bootstrap)")
     how = p.add_argument_group("threshold and confidence")
     how.add_argument("--policy", default="eer", help="eer (default), fmr=<target>, fnmr=<target> or cost=<c_fm>:<c_fnm>:<p_genuine>")
-    how.add_argument("--confidence", choices=sorted(CALIBRATORS), default="logistic",
+    how.add_argument("--confidence", choices=sorted(CALIBRATORS), default=DEFAULT_CONFIDENCE,
                      help="map from distance to P(same), fitted on dev comparisons (default: logistic)")
     how.add_argument("--prior", type=float, default=0.5,
                      help="share of genuine comparisons the stated P(same) assumes (default: 0.5)")
@@ -159,215 +160,41 @@ def read_scores(path):
     return comparisons
 
 
-def _scores_splits(args, comparisons):
-    """(dev, eval or None, identities dict, notes) for a score file."""
-    if comparisons.id_a is None:
-        if args.eval_fraction:
-            raise CalibrationError("--eval-fraction needs identities to split: add id_a and id_b columns")
-        return comparisons, None, None, ["no id_a/id_b columns: calibrated and reported on all scores "
-                                         "(dev only, no eval split, no bootstrap intervals)"]
-    names = sorted(set(comparisons.id_a.tolist()) | set(comparisons.id_b.tolist()))
-    fraction = args.eval_fraction
-    if fraction is None:
-        fraction = 0.5 if len(names) >= 2 * MIN_IDENTITIES else 0.0
-    dev_names, eval_names = split_dev_eval(names, fraction, args.seed)
-    if not eval_names:
-        return comparisons, None, {"dev": dev_names, "eval": []}, [
-            f"{len(names)} identities, no eval split: the threshold and confidence are reported on the scores "
-            "that chose them (optimistic)"]
-    evaluation = comparisons.restrict(eval_names)
-    return comparisons.restrict(dev_names), evaluation, {"dev": dev_names, "eval": eval_names}, []
+def summary_of(result, bundle=None):
+    """The summary (layout above) of a `Calibrated`: its calibration less the operating points."""
+    summary = {"source": result.source}
+    if bundle is not None:
+        summary["bundle"] = {"path": str(bundle), "bundle_id": result.bundle_id}
+    summary.update({key: value for key, value in result.calibration.items() if key != "operating_points"})
+    if "fusion" in summary:
+        summary["fusion"] = {key: value for key, value in summary["fusion"].items() if key != "operating_points"}
+    return summary
 
 
 def run_scores(args, policy):
-    comparisons = read_scores(args.scores)
-    dev, evaluation, identities, notes = _scores_splits(args, comparisons)
-    section = fit.calibrate(dev, evaluation, policy, confidence=args.confidence, prior=args.prior,
-                            n_bootstrap=args.bootstrap, seed=args.seed)
-    split = "dev only" if evaluation is None else f"{len(identities['dev'])} dev and {len(identities['eval'])} " \
-                                                  f"eval identities (seed {args.seed}), cross-split comparisons dropped"
-    summary = {
-        "source": str(args.scores),
-        "protocol": f"score file {args.scores}: {len(comparisons)} comparisons; {split}. "
-                    f"{_choice_text(policy, args, evaluation is not None)}",
-        **{key: section[key] for key in ("policy", "threshold", "confidence", "metrics")},
-        "sizes": _split_sizes(dev, evaluation),
-        "identities": identities,
-        "notes": notes,
-    }
-    splits = [("dev", dev, section["threshold"], "-"), ("eval", evaluation, section["threshold"], "--")]
-    return summary, splits
-
-
-# ---------------------------------------------------------------- bundles
-
-def _split_sizes(dev, evaluation, images=None):
-    sizes = {}
-    for key, fn in (("genuine", lambda c: int((c.label == 1).sum())), ("impostor", lambda c: int((c.label == 0).sum())),
-                    ("forgery", lambda c: int(c.forgery.sum()))):
-        sizes[key] = {"dev": fn(dev), "eval": None if evaluation is None else fn(evaluation)}
-    if images is not None:
-        sizes["images"] = images
-    return sizes
-
-
-def _choice_text(policy, args, has_eval):
-    return (f"The {policy.spec} policy chose the threshold on dev comparisons and a {args.confidence} map of "
-            f"P(same) (stated under prior {args.prior:g}) was fitted on them"
-            + ("; eval comparisons measure both. " if has_eval else ". ")
-            + (f"Intervals: 95% percentile bootstrap over {args.bootstrap} identity resamples (seed {args.seed})."
-               if args.bootstrap else "No bootstrap intervals (--bootstrap 0)."))
-
-
-def _protocol_text(why, dev_names, eval_names, sampling, image_note, metric, policy, args, has_fusion):
-    split = (f"split (seed {args.seed}) into {len(dev_names)} dev and {len(eval_names)} eval identities"
-             if eval_names else "all used as dev (no eval split)")
-    fusion = (f" Subject verification: each identity enrolls {args.templates_per_subject} images (seeded), "
-              f"every other image probes every subject of its split, distances fused by {args.fusion}; "
-              "calibrated the same way." if has_fusion else "")
-    return (f"Open-set: {why}, {split}. Pairs: every genuine pair and {sampling} within each split "
-            f"(images: {image_note}), scored with the bundle's {metric} distance. "
-            f"{_choice_text(policy, args, bool(eval_names))}{fusion}")
-
-
-def _embed(bundle_dir, meta, images):
-    """(embeddings of the images acquired, which were acquired): a face profile's images with
-    no face found are failures to acquire, left out of every comparison and counted."""
-    from verifier.core.acquisition import acquire
-    from verifier.core.bundle import load_model
-    from verifier.core.embedder import Embedder
-    from verifier.core.profiles import Profile
-
-    profile = Profile.from_dict(meta["profile"])
-    _log(f"embedding {len(images)} images with bundle {meta['bundle_id']}"
-         + (f" (detecting and aligning faces: {profile.detector})" if profile.detector else ""))
-    acquired = acquire(images, profile)
-    if acquired.failed:
-        _log(f"no face found in {len(acquired.failed)} of {len(images)} images (failures to acquire)")
-    return Embedder(load_model(bundle_dir, meta), profile).embed_batch(acquired.inputs), acquired.acquired
-
-
-def _failure_to_acquire(acquired, parts):
-    """Failures to acquire with their counts: overall, dev and eval (ISO/IEC 19795-1 FTA)."""
-    def rate(mask):
-        total, failed = int(len(mask)), int((~mask).sum())
-        return {"failed": failed, "images": total, "rate": failed / total if total else 0.0}
-
-    return {"all": rate(acquired), "dev": rate(acquired[parts[0]]), "eval": rate(acquired[parts[1]])}
-
-
-def _pairs(emb, labels, forged, rows, metric, args):
-    if len(rows) == 0:
-        return None
-    return pair_comparisons(emb[rows], labels[rows], forged[rows], metric,
-                            max_impostors=args.max_impostors, seed=args.seed)
-
-
-def _fusion(emb, labels, forged, parts, metric, policy, args, counts):
-    """(section, [dev, eval] template comparisons, None), or (None, None, note) saying why there is none:
-    too few images to enroll k and probe, or a policy the fused comparisons cannot support."""
-    k = args.templates_per_subject
-    short = [name for name, n in counts.items() if n <= k]
-    if short:
-        return None, None, (f"no fusion calibration: {len(short)} identities have {k} or fewer images "
-                      f"({', '.join(short[:5])}); the template protocol enrolls {k} and probes with the rest")
-    scored = [None if len(rows) == 0 else
-              template_comparisons(emb[rows], labels[rows], forged[rows], metric, k=k, rule=args.fusion,
-                                   seed=args.seed) for rows in parts]
-    try:
-        section = fit.calibrate(scored[0], scored[1], policy, confidence=args.confidence, prior=args.prior,
-                                n_bootstrap=args.bootstrap, seed=args.seed, where="fusion ")
-    except CalibrationError as exc:
-        return None, None, f"no fusion calibration: {exc.message}"
-    return dict(rule=args.fusion, templates_per_subject=k, **section), scored, None
-
-
-def _preflight(labels, forged, parts, policy, args):
-    """Refuse what the pair counts cannot support before TensorFlow loads and anything is embedded.
-
-    Counts do not depend on the embeddings, so the pairs are formed on zero vectors here.
-    """
-    zeros = np.zeros((len(labels), 1))
-    for where, rows in zip(("dev", "eval"), parts):
-        if len(rows):
-            counted = _pairs(zeros, labels, forged, rows, "euclidean", args)
-            fit.require_both(counted, where)
-            if where == "dev":
-                fit.check_support(policy, len(counted.genuine), len(counted.impostor), where)
+    result = calibrate_scores(read_scores(args.scores), policy, source=args.scores, eval_fraction=args.eval_fraction,
+                              confidence=args.confidence, prior=args.prior, n_bootstrap=args.bootstrap,
+                              seed=args.seed)
+    return summary_of(result), result.splits
 
 
 def run_bundle(args, policy):
     from imagesets import load_dataset
-    from verifier.core.bundle import read_meta
+    from verifier.core.bundle import CALIBRATION_FILE, write_calibration
 
-    meta = read_meta(args.bundle)
     data = load_dataset(args.data)
     if data.skipped:
         _log(f"warning: skipped {len(data.skipped)} unreadable files (first: {data.skipped[0][0]})")
-    names, why = held_out_identities(meta.get("recipe") or {}, data)
-    fraction = 0.5 if args.eval_fraction is None else args.eval_fraction
-    dev_names, eval_names = split_dev_eval(names, fraction, args.seed)
-    held = data.subset(names)
-    counts = held.counts()
-    cap, image_note = images_per_identity_cap(list(counts.values()), args.max_images_per_identity)
-    rows = sample_rows(held.labels, held.forged, cap, args.seed)
-    labels, forged = held.labels[rows], held.forged[rows]
-    names_of = np.array(held.identities)
-    parts = [np.flatnonzero(np.isin(names_of[labels], part)) for part in (dev_names, eval_names)]
-    _preflight(labels, forged, parts, policy, args)
-    emb, acquired = _embed(args.bundle, meta, [held.images[i] for i in rows])
-    failure_to_acquire = _failure_to_acquire(acquired, parts)
-    rows, labels, forged = rows[acquired], labels[acquired], forged[acquired]
-    parts = [np.flatnonzero(np.isin(names_of[labels], part)) for part in (dev_names, eval_names)]
-    _preflight(labels, forged, parts, policy, args)
-    metric = meta["metric"]
-    _log(f"scoring pairs of {len(dev_names)} dev and {len(eval_names)} eval identities ({metric} distance)")
-    dev, evaluation = (_pairs(emb, labels, forged, part, metric, args) for part in parts)
-    section = fit.calibrate(dev, evaluation, policy, confidence=args.confidence, prior=args.prior,
-                            n_bootstrap=args.bootstrap, seed=args.seed)
-    # images each identity brings to fusion: after the per-identity cap and the failures to acquire
-    kept = {name: int(((labels == k) & ~forged).sum()) for k, name in enumerate(held.identities)}
-    fusion, fused, why_not = _fusion(emb, labels, forged, parts, metric, policy, args, kept)
-    notes = [why_not] if why_not else []
-    if not eval_names:
-        notes.append("--eval-fraction 0: the threshold and confidence are reported on the dev comparisons that "
-                      "chose them (optimistic); no eval split")
-
-    sampling = ("all impostor pairs" if args.max_impostors is None else
-                f"a seeded sample (seed {args.seed}) of at most {args.max_impostors} impostor pairs per split "
-                f"(of {dev.sampled_from} dev" + (f" and {evaluation.sampled_from} eval" if evaluation else "")
-                + " available)")
-    sizes = _split_sizes(dev, evaluation, images={"dev": int(len(parts[0])),
-                                                  "eval": int(len(parts[1])) if eval_names else None})
-    sizes.update(identities={"dev": len(dev_names), "eval": len(eval_names)}, impostor_sampling=sampling,
-                 images_per_identity=image_note)
-    calibration = {
-        "policy": section["policy"], "threshold": section["threshold"], "metric": metric,
-        "confidence": section["confidence"], "operating_points": section["operating_points"],
-        "metrics": section["metrics"], "sizes": sizes, "failure_to_acquire": failure_to_acquire,
-        "identities": {"dev": dev_names, "eval": eval_names},
-        "protocol": _protocol_text(why, dev_names, eval_names, sampling, image_note, metric, policy, args,
-                                   fusion is not None),
-        "data": {"name": data.name, "fingerprint": data.fingerprint, "spec": args.data},
-        "notes": notes,
-    }
-    if fusion:
-        calibration["fusion"] = fusion
-    summary = {"source": f"bundle {args.bundle} ({meta['bundle_id']}) on {data.name}",
-               "bundle": {"path": str(args.bundle), "bundle_id": meta["bundle_id"]},
-               **{key: value for key, value in calibration.items() if key != "operating_points"}}
-    if fusion:
-        summary["fusion"] = {key: value for key, value in fusion.items() if key != "operating_points"}
+    result = calibrate_bundle(args.bundle, data, policy, spec=args.data, confidence=args.confidence,
+                              prior=args.prior, eval_fraction=0.5 if args.eval_fraction is None else args.eval_fraction,
+                              seed=args.seed, max_impostors=args.max_impostors,
+                              max_images_per_identity=args.max_images_per_identity, n_bootstrap=args.bootstrap,
+                              templates_per_subject=args.templates_per_subject, fusion=args.fusion, log=_log)
+    summary = summary_of(result, args.bundle)
     if not args.dry_run:
-        from verifier.core.bundle import CALIBRATION_FILE, write_calibration
-
-        summary["calibration_id"] = write_calibration(args.bundle, json_safe(calibration))
+        summary["calibration_id"] = write_calibration(args.bundle, json_safe(result.calibration))
         summary["written"] = str(Path(args.bundle) / CALIBRATION_FILE)
-    splits = [("pairs dev", dev, section["threshold"], "-"), ("pairs eval", evaluation, section["threshold"], "--")]
-    if fusion:
-        splits += [(f"fusion ({args.fusion}) dev", fused[0], fusion["threshold"], ":"),
-                   (f"fusion ({args.fusion}) eval", fused[1], fusion["threshold"], "-.")]
-    return summary, splits
+    return summary, result.splits
 
 
 def run(args):

@@ -25,32 +25,52 @@ def _check_prior(prior):
 
 
 class _Calibrator:
-    """Shared prior handling: subclasses provide `_log_odds` (under the training prior)."""
+    """Shared prior handling: subclasses provide `_fit`, `_log_odds` (under the training prior),
+    and `_params` / `_set_params` (their learned numbers as `to_dict` writes them).
+
+    scikit-learn's conventions: the constructor only stores `prior`, `fit` checks it, and
+    what fitting learns ends in an underscore (`train_prior_` here, the map's own in subclasses).
+    """
 
     kind = None
 
     def __init__(self, prior=0.5):
-        self.prior = _check_prior(prior)
-        self.train_prior = None
+        self.prior = prior
 
-    def _fit_prior(self, labels):
-        self.train_prior = float(labels.mean())
+    def fit(self, distances, labels):
+        """Learn the map from labelled distances (1 genuine, 0 impostor); returns self."""
+        _check_prior(self.prior)
+        d, y = check_labelled(distances, labels)
+        self._fit(d, y)
+        self.train_prior_ = float(y.mean())
+        return self
+
+    def _check_fitted(self):
+        if not hasattr(self, "train_prior_"):
+            raise ValueError(f"{type(self).__name__} is not fitted: call fit first")
 
     def llr(self, distances):
         """Log-likelihood ratio (genuine over impostor) of each distance; prior-free."""
-        if self.train_prior is None:
-            raise ValueError(f"{type(self).__name__} is not fitted")
-        return self._log_odds(np.asarray(distances, dtype=float)) - logit(self.train_prior)
+        self._check_fitted()
+        return self._log_odds(np.asarray(distances, dtype=float)) - logit(self.train_prior_)
 
     def predict(self, distances):
         """P(same identity) of each distance under `self.prior`: the service's own evaluation."""
-        if self.train_prior is None:
-            raise ValueError(f"{type(self).__name__} is not fitted")
         return probability_same(distances, self.to_dict())
 
     def to_dict(self):
         """JSON-serialisable parameters, enough for `calibrator_from_dict`."""
-        return {"kind": self.kind, "prior": self.prior, "train_prior": self.train_prior, **self._params()}
+        self._check_fitted()
+        return {"kind": self.kind, "prior": _check_prior(self.prior), "train_prior": self.train_prior_,
+                **self._params()}
+
+    @classmethod
+    def from_dict(cls, data):
+        """The fitted calibrator that `to_dict` describes (no refitting, no scikit-learn)."""
+        self = cls(_check_prior(data["prior"]))
+        self._set_params(data)
+        self.train_prior_ = float(data["train_prior"])
+        return self
 
 
 class LogisticCalibrator(_Calibrator):
@@ -59,31 +79,21 @@ class LogisticCalibrator(_Calibrator):
     kind = "logistic"
     RIDGE = 1e-6  # on the standardised slope: negligible, but keeps the fit finite if classes separate
 
-    def __init__(self, prior=0.5):
-        super().__init__(prior)
-        self.a = self.b = None
-
-    def fit(self, distances, labels):
-        d, y = check_labelled(distances, labels)
+    def _fit(self, d, y):
         if np.ptp(d) == 0:
             raise ValueError("all distances are equal: nothing to fit a slope to")
         mu, sd = d.mean(), d.std()
         w = _newton_logistic(np.column_stack([np.ones_like(d), (d - mu) / sd]), y.astype(float), self.RIDGE)
-        self.a, self.b = float(w[1] / sd), float(w[0] - w[1] * mu / sd)
-        self._fit_prior(y)
-        return self
+        self.a_, self.b_ = float(w[1] / sd), float(w[0] - w[1] * mu / sd)
 
     def _log_odds(self, d):
-        return self.a * d + self.b
+        return self.a_ * d + self.b_
 
     def _params(self):
-        return {"a": self.a, "b": self.b}
+        return {"a": self.a_, "b": self.b_}
 
-    @classmethod
-    def from_dict(cls, data):
-        self = cls(data["prior"])
-        self.a, self.b, self.train_prior = float(data["a"]), float(data["b"]), float(data["train_prior"])
-        return self
+    def _set_params(self, data):
+        self.a_, self.b_ = float(data["a"]), float(data["b"])
 
 
 def _newton_logistic(x, y, ridge, tol=1e-12, max_iter=200):
@@ -118,34 +128,24 @@ class IsotonicCalibrator(_Calibrator):
 
     kind = "isotonic"
 
-    def __init__(self, prior=0.5):
-        super().__init__(prior)
-        self.x = self.y = None
-
-    def fit(self, distances, labels):
+    def _fit(self, d, y):
         from sklearn.isotonic import IsotonicRegression  # fitting only: serving never imports sklearn
 
-        d, y = check_labelled(distances, labels)
         iso = IsotonicRegression(increasing=False, out_of_bounds="clip").fit(d, y.astype(float))
-        self.x, self.y = iso.X_thresholds_.astype(float), iso.y_thresholds_.astype(float)
-        self._fit_prior(y)
-        return self
+        self.x_, self.y_ = iso.X_thresholds_.astype(float), iso.y_thresholds_.astype(float)
 
     def _log_odds(self, d):
-        return logit(np.clip(np.interp(d, self.x, self.y), ISOTONIC_EPS, 1 - ISOTONIC_EPS))
+        return logit(np.clip(np.interp(d, self.x_, self.y_), ISOTONIC_EPS, 1 - ISOTONIC_EPS))
 
     def _params(self):
-        return {"x": self.x.tolist(), "y": self.y.tolist()}
+        return {"x": self.x_.tolist(), "y": self.y_.tolist()}
 
-    @classmethod
-    def from_dict(cls, data):
-        self = cls(data["prior"])
-        self.x, self.y = np.asarray(data["x"], dtype=float), np.asarray(data["y"], dtype=float)
-        self.train_prior = float(data["train_prior"])
-        return self
+    def _set_params(self, data):
+        self.x_, self.y_ = np.asarray(data["x"], dtype=float), np.asarray(data["y"], dtype=float)
 
 
 CALIBRATORS = {cls.kind: cls for cls in (LogisticCalibrator, IsotonicCalibrator)}
+DEFAULT_CONFIDENCE = "logistic"
 
 
 def calibrator_from_dict(data):

@@ -3,32 +3,27 @@
     python -m training --data orl --out bundles/orl
     python -m training --data PATH --holdout-identities 0 --loss triplet --seed 0 --out DIR
 
+The work is `training.bundles.train_bundle`'s; this module parses arguments and prints.
 Every bad input ends with one line on stderr and exit status 2, never a traceback.
 """
 
 import argparse
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np
-
 from imagesets import load_dataset
-from training import face_resnet
 from training.augment import LEVELS
-from training.splits import default_holdout, default_validation, parse_holdout, split_identities
+from training.bundles import default_split, train_bundle
+from training.splits import parse_holdout
 from training.towers import PRETRAINED, TOWERS
-from training.trainer import DEFAULT_MINING, LOSSES, MINING, PRETRAINED_EPOCHS, TrainConfig, refit, train
-from verifier.core.acquisition import acquire_dataset, chip_profile
-from verifier.core.bundle import METRICS, save_bundle
+from training.trainer import DEFAULT_MINING, LOSSES, MINING, PRETRAINED_EPOCHS, TrainConfig
+from verifier.core.bundle import METRICS
 from verifier.core.errors import DatasetError, VerifierError
-from verifier.core.faces import detector
-from verifier.core.profiles import PROFILES, get_profile, preprocess_batch
+from verifier.core.profiles import PROFILES, get_profile
 
 DEFAULTS = TrainConfig()
-VALIDATION_PER_IDENTITY = 100
 DEFAULT_TOWER = {"face": "face-resnet", "face-chip": "face-resnet"}  # profiles with a pretrained tower
 
 
@@ -113,119 +108,48 @@ def _check_positive(args):
         raise DatasetError(f"--scale must be positive (the cosface softmax's inverse temperature), got {args.scale}")
 
 
-def _check_counts(data, names, k):
-    """Every identity that training or validation uses needs at least K genuine images."""
-    counts = data.counts()
-    short = [f"{name} ({counts[name]})" for name in names if counts[name] < k]
-    if short:
-        more = f" and {len(short) - 5} more" if len(short) > 5 else ""
-        raise DatasetError(f"{len(short)} identities have fewer than --batch-k {k} images: "
-                           f"{', '.join(short[:5])}{more}; lower --batch-k, or hold them out")
-
-
-def _sample_per_identity(data, limit, seed):
-    """At most `limit` images per identity (seeded): validation scores all pairs, and
-    Fashion-MNIST's 7,000 images per category would make that 10^8 pairs per epoch."""
-    rng = np.random.default_rng([seed, 4])
-    keep = np.concatenate([np.sort(rng.permutation(np.flatnonzero(data.labels == c))[:limit])
-                           for c in range(len(data.identities))])
-    return [data.images[i] for i in keep], data.labels[keep], data.forged[keep]
-
-
-def _genuine(data):
-    keep = ~data.forged
-    return [image for image, ok in zip(data.images, keep) if ok], data.labels[keep]
-
-
-def _acquire_faces(data, profile):
-    """A face profile's images -> their aligned chips, images with no face dropped and counted."""
-    if not profile.detector:
-        return data
-    data, failed = acquire_dataset(data, profile)
-    total = len(data) + len(failed)
-    print(f"faces: detected and aligned in {len(data)} of {total} images ({profile.detector}); "
-          f"{len(failed)} failures to acquire left out")
-    if not len(data):
-        raise DatasetError(f"no face found in any of the {total} images of {data.name}")
-    return data
-
-
-def run(args):
-    data = load_dataset(args.data, strict=args.strict)
+def _load(spec, strict):
+    data = load_dataset(spec, strict=strict)
     if data.skipped:
         print(f"warning: skipped {len(data.skipped)} unreadable files (first: {data.skipped[0][0]}: "
               f"{data.skipped[0][1]}); --strict makes this an error", file=sys.stderr)
     if len(data.identities) < 2:
-        raise DatasetError(f"{args.data} has only one identity ({data.identities[0]}): "
+        raise DatasetError(f"{spec} has only one identity ({data.identities[0]}): "
                            "verification needs at least 2 (ROOT/<identity>/<images>)")
+    return data
+
+
+def _config(args):
+    mining = args.mining if args.loss == "triplet" else None  # --mining only means something for triplet
+    return TrainConfig(loss=args.loss, mining=mining, margin=args.margin, soft_margin=args.soft_margin,
+                       scale=args.scale, tower=args.tower, trainable_stages=args.trainable_stages,
+                       embedding_size=args.embedding_size, dropout=args.dropout,
+                       epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_p=args.batch_p,
+                       batch_k=args.batch_k, patience=args.patience, learning_rate=args.learning_rate,
+                       weight_decay=args.weight_decay, augment=args.augment, flip_tta=args.flip_tta,
+                       seed=args.seed)
+
+
+def _wrote(trained):
+    recipe = trained.recipe
+    best = "n/a" if recipe["best_validation_eer"] is None else f"{100 * recipe['best_validation_eer']:.2f}%"
+    how = f", refit on {len(recipe['refit']['identities'])} identities" if recipe["refit"] else ""
+    return (f"wrote bundle {trained.bundle_id} to {trained.path} (best validation EER {best} at epoch "
+            f"{recipe['best_epoch']}{how}, {trained.fitted.seconds:.0f} s)")
+
+
+def run(args):
+    data = _load(args.data, args.strict)
     profile = get_profile(args.profile or data.profile)
     if args.tower is None:
         args.tower = DEFAULT_TOWER.get(profile.name, "small")
     _check_positive(args)
-    config = TrainConfig(loss=args.loss, mining=args.mining, margin=args.margin, soft_margin=args.soft_margin,
-                         scale=args.scale, tower=args.tower, trainable_stages=args.trainable_stages,
-                         embedding_size=args.embedding_size, dropout=args.dropout,
-                         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_p=args.batch_p,
-                         batch_k=args.batch_k, patience=args.patience, learning_rate=args.learning_rate,
-                         weight_decay=args.weight_decay, augment=args.augment, flip_tta=args.flip_tta,
-                         seed=args.seed)
-    n = len(data.identities)
-    holdout = parse_holdout(args.holdout_identities)
-    holdout = default_holdout(n) if holdout is None else holdout
-    n_rest = n - (len(holdout) if isinstance(holdout, list) else holdout)
-    validation = default_validation(n_rest) if args.validation_identities is None else args.validation_identities
-    split = split_identities(data.identities, holdout, validation, args.seed)
-    data = _acquire_faces(data, profile)
-    inputs_profile = chip_profile(profile)
-    _check_counts(data, split.train + split.validation, config.batch_k)
-
-    train_set = data.subset(split.train)
-    train_images, train_labels = _genuine(train_set)
-    val = {}
-    if split.validation:
-        images, labels, forged = _sample_per_identity(data.subset(split.validation), VALIDATION_PER_IDENTITY,
-                                                      args.seed)
-        val = dict(val_images=preprocess_batch(images, inputs_profile), val_labels=labels, val_forged=forged)
-    print(f"{data.name}: {n} identities, {len(data)} images; training on {len(split.train)}, "
-          f"validating on {len(split.validation)}, holding out {len(split.holdout)}; profile {profile.name}")
-    out = Path(args.out)
-    identity = {"dataset": data.fingerprint, "split": [split.train, split.validation, split.holdout],
-                "profile": profile.to_dict()}
-    checkpoint_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else out / "checkpoint"
-    result = train(config, preprocess_batch(train_images, inputs_profile), train_labels, profile, metric=args.metric,
-                   checkpoint_dir=checkpoint_dir, resume=args.resume, identity=identity, verbose=not args.quiet,
-                   **val)
-    final, refitted = result, None
-    if args.refit and result.best_validation_eer is not None:
-        names = split.train + split.validation
-        images, labels = _genuine(data.subset(names))
-        print(f"refit: training again on all {len(names)} training and validation identities for the "
-              f"{result.best_epoch} epochs early stopping chose (--no-refit keeps the early-stopped model)")
-        # keyed by the epoch count: a resume whose early stopping chose differently starts a fresh refit
-        final = refit(config, result, preprocess_batch(images, inputs_profile), labels, profile,
-                      checkpoint_dir=checkpoint_dir / f"refit-{result.best_epoch}", resume=args.resume,
-                      identity={**identity, "refit": True}, verbose=not args.quiet)
-        refitted = {"identities": names, "epochs": final.epochs_run, "steps": final.steps,
-                    "training_seconds": final.training_seconds}
-    seconds = result.training_seconds + (refitted["training_seconds"] if refitted else 0)
-    recipe = dict(
-        loss=config.loss, mining=config.mining, margin=config.margin, epochs=result.epochs_run,
-        steps=result.steps, seed=config.seed, tower=config.tower, embedding_size=config.embedding_size,
-        dataset={"name": data.name, "fingerprint": data.fingerprint, "spec": args.data},
-        train_identities=split.train, validation_identities=split.validation,
-        holdout_identities=split.holdout, best_validation_eer=result.best_validation_eer,
-        best_epoch=result.best_epoch, refit=refitted, training_seconds=round(seconds, 1),
-        flip_tta=final.model is not final.tower, hyperparameters=config.to_dict(),
-        history=result.history)
-    if config.tower in PRETRAINED:
-        recipe["pretrained"] = face_resnet.provenance()
-    if profile.detector:
-        recipe["face_detector"] = detector.provenance()
-    bundle_id = save_bundle(out, final.model, profile=profile, metric=args.metric, recipe=recipe)
-    best = "n/a" if result.best_validation_eer is None else f"{100 * result.best_validation_eer:.2f}%"
-    how = f", refit on {len(refitted['identities'])} identities" if refitted else ""
-    print(f"wrote bundle {bundle_id} to {out} (best validation EER {best} at epoch {result.best_epoch}{how}, "
-          f"{seconds:.0f} s)")
+    split = default_split(data.identities, parse_holdout(args.holdout_identities), args.validation_identities,
+                          args.seed)
+    trained = train_bundle(data, _config(args), split, args.out, profile=profile, metric=args.metric,
+                           refit_after=args.refit, spec=args.data, checkpoint_dir=args.checkpoint_dir,
+                           resume=args.resume, verbose=not args.quiet, log=print)
+    print(_wrote(trained))
     return 0
 
 

@@ -1,0 +1,98 @@
+"""`training.bundles`: the library under `python -m training` and bench/accuracy.py, called directly."""
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+
+from imagesets import load_folder
+from tests.synthetic import write_folder
+from training.bundles import default_split, fit_tower, train_bundle
+from training.cli import main
+from training.trainer import TrainConfig
+from verifier.core.bundle import load_bundle
+from verifier.core.errors import DatasetError
+from verifier.core.profiles import get_profile
+
+CONFIG = TrainConfig(loss="triplet", epochs=2, steps_per_epoch=5, batch_p=4, batch_k=3, seed=0)
+CLI_SETTINGS = ["--loss", "triplet", "--epochs", "2", "--steps-per-epoch", "5", "--batch-p", "4", "--batch-k", "3",
+                "--seed", "0", "--profile", "face-small", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_folder(tmp_path_factory.mktemp("lib") / "faces", n_identities=8, per_identity=6)
+
+
+@pytest.fixture(scope="module")
+def trained(folder, tmp_path_factory):
+    messages = []
+    data = load_folder(folder)
+    split = default_split(data.identities, 0, 2, 0)
+    out = tmp_path_factory.mktemp("lib") / "bundle"
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        result = train_bundle(data, CONFIG, split, out, profile=get_profile("face-small"), spec=str(folder),
+                              verbose=False, log=messages.append)
+    return result, split, messages, printed.getvalue()
+
+
+def test_train_bundle_writes_the_bundle_it_describes(trained, folder):
+    result, split, _, _ = trained
+    bundle = load_bundle(result.path)
+    assert bundle.bundle_id == result.bundle_id
+    assert json.loads(json.dumps(result.recipe)) == bundle.meta["recipe"]
+    assert result.recipe["dataset"]["spec"] == str(folder)
+    assert result.recipe["train_identities"] == split.train
+    assert result.recipe["validation_identities"] == split.validation
+    assert result.fitted.refit_identities == split.train + split.validation
+    assert result.recipe["refit"]["identities"] == split.train + split.validation
+    assert result.fitted.final is not result.fitted.training
+
+
+def test_train_bundle_reports_progress_through_log_only(trained, folder):
+    _, _, messages, printed = trained
+    assert messages[0].startswith(f"{folder}: 8 identities, 48 images; training on 6, validating on 2, holding out 0")
+    assert messages[1].startswith("refit: training again on all 8 training and validation identities")
+    assert len(messages) == 2 and printed == ""
+
+
+def test_the_cli_is_train_bundle_with_its_arguments(trained, folder, tmp_path, capsys):
+    result, _, _, _ = trained
+    out = tmp_path / "cli"
+    assert main(["--data", str(folder), "--holdout-identities", "0", "--validation-identities", "2",
+                 "--out", str(out)] + CLI_SETTINGS) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote bundle {load_bundle(out).bundle_id} to {out}" in printed
+    cli = load_bundle(out)
+    for a, b in zip(cli.model.get_weights(), load_bundle(result.path).model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    def timeless(recipe):
+        drop = {"training_seconds"}
+        refit = recipe["refit"] and {k: v for k, v in recipe["refit"].items() if k not in drop}
+        return {**{k: v for k, v in recipe.items() if k not in drop}, "refit": refit}
+
+    assert timeless(cli.meta["recipe"]) == timeless(json.loads(json.dumps(result.recipe)))
+
+
+def test_fit_tower_without_refit_ships_the_early_stopped_model(folder):
+    data = load_folder(folder)
+    split = default_split(data.identities, 2, 2, 1)
+    config = TrainConfig(loss="triplet", epochs=1, steps_per_epoch=2, batch_p=3, batch_k=2, seed=1)
+    fitted = fit_tower(config, data, split, get_profile("face-small"), validation=data.subset(split.validation),
+                       refit_after=False, verbose=False)
+    assert fitted.final is fitted.training and fitted.refit_identities is None
+    assert fitted.training.best_validation_eer is not None
+    assert fitted.seconds == fitted.training.training_seconds
+
+
+def test_default_split_applies_the_cli_defaults():
+    names = [f"p{k:02d}" for k in range(40)]
+    split = default_split(names, None, None, 0)
+    assert (len(split.holdout), len(split.validation), len(split.train)) == (10, 3, 27)  # a quarter; a tenth of 30
+    held = names[:10]
+    assert default_split(names, held, 0, 0).holdout == held and default_split(names, held, 0, 0).validation == []
+    with pytest.raises(DatasetError, match="too few identities left to train on"):
+        default_split(names[:4], 3, None, 0)

@@ -1,0 +1,176 @@
+"""Train a tower on a data set's identity split and write it as a model bundle.
+
+`train_bundle` is what `python -m training` runs; `fit_tower` (train with early stopping,
+then refit on the training and validation identities together) is shared with
+bench/accuracy.py, so the benchmark measures the recipe the command line ships.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training import face_resnet
+from training.splits import default_holdout, default_validation, split_identities
+from training.towers import PRETRAINED
+from training.trainer import refit, train
+from verifier.core.acquisition import acquire_dataset, chip_profile
+from verifier.core.bundle import save_bundle
+from verifier.core.errors import DatasetError
+from verifier.core.faces import detector
+from verifier.core.profiles import preprocess_batch
+
+VALIDATION_PER_IDENTITY = 100
+
+
+def _quiet(message):
+    pass
+
+
+def default_split(identities, holdout, validation, seed):
+    """The training split with `python -m training`'s defaults for a holdout or validation of None.
+
+    holdout: a count (drawn with the seed), a list of names, or None; validation: a count or None.
+    """
+    holdout = default_holdout(len(identities)) if holdout is None else holdout
+    n_rest = len(identities) - (len(holdout) if isinstance(holdout, list) else holdout)
+    validation = default_validation(n_rest) if validation is None else validation
+    return split_identities(identities, holdout, validation, seed)
+
+
+def acquire_faces(data, profile, log=_quiet):
+    """A face profile's images -> their aligned chips, images with no face dropped and counted."""
+    if not profile.detector:
+        return data
+    data, failed = acquire_dataset(data, profile)
+    total = len(data) + len(failed)
+    log(f"faces: detected and aligned in {len(data)} of {total} images ({profile.detector}); "
+        f"{len(failed)} failures to acquire left out")
+    if not len(data):
+        raise DatasetError(f"no face found in any of the {total} images of {data.name}")
+    return data
+
+
+def check_counts(data, names, k):
+    """Every identity that training or validation uses needs at least K genuine images."""
+    counts = data.counts()
+    short = [f"{name} ({counts[name]})" for name in names if counts[name] < k]
+    if short:
+        more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+        raise DatasetError(f"{len(short)} identities have fewer than --batch-k {k} images: "
+                           f"{', '.join(short[:5])}{more}; lower --batch-k, or hold them out")
+
+
+def sample_per_identity(data, limit, seed):
+    """At most `limit` images per identity (seeded): validation scores all pairs, and
+    Fashion-MNIST's 7,000 images per category would make that 10^8 pairs per epoch."""
+    rng = np.random.default_rng([seed, 4])
+    keep = np.concatenate([np.sort(rng.permutation(np.flatnonzero(data.labels == c))[:limit])
+                           for c in range(len(data.identities))])
+    return dataclasses.replace(data, images=[data.images[i] for i in keep], labels=data.labels[keep],
+                               forged=data.forged[keep])
+
+
+def _genuine(data):
+    keep = ~data.forged
+    return [image for image, ok in zip(data.images, keep) if ok], data.labels[keep]
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The early-stopped run and the model to ship (the refit, or that same run)."""
+
+    training: object  # trainer.TrainResult
+    final: object
+    refit_identities: list | None  # None: no refit
+
+    @property
+    def seconds(self):
+        return self.training.training_seconds + (self.final.training_seconds if self.refit_identities else 0)
+
+
+def fit_tower(config, data, split, profile, *, validation=None, refit_after=True, metric="euclidean",
+              checkpoint_dir=None, resume=False, identity=None, verbose=True, log=_quiet):
+    """Train on the genuine images of `split.train`, early stopping on `validation` (LabelledImages
+    of the validation identities, or None); then, when validation chose an epoch and `refit_after`,
+    train again from scratch on `split.train + split.validation` for that many epochs.
+
+    `profile` preprocesses the images as they are (chips: `chip_profile`).
+    """
+    images, labels = _genuine(data.subset(split.train))
+    val = {} if validation is None else dict(val_images=preprocess_batch(validation.images, profile),
+                                             val_labels=validation.labels, val_forged=validation.forged)
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+    result = train(config, preprocess_batch(images, profile), labels, profile, metric=metric,
+                   checkpoint_dir=checkpoint_dir, resume=resume, identity=identity, verbose=verbose, **val)
+    if not (refit_after and result.best_validation_eer is not None):
+        return Fitted(result, result, None)
+    names = split.train + split.validation
+    images, labels = _genuine(data.subset(names))
+    log(f"refit: training again on all {len(names)} training and validation identities for the "
+        f"{result.best_epoch} epochs early stopping chose (--no-refit keeps the early-stopped model)")
+    # keyed by the epoch count: a resume whose early stopping chose differently starts a fresh refit
+    final = refit(config, result, preprocess_batch(images, profile), labels, profile,
+                  checkpoint_dir=checkpoint_dir / f"refit-{result.best_epoch}" if checkpoint_dir else None,
+                  resume=resume, identity=identity and {**identity, "refit": True}, verbose=verbose)
+    return Fitted(result, final, names)
+
+
+def bundle_recipe(config, fitted, data, split, profile, spec=None):
+    """bundle.json's `recipe`: the settings, data, split and training history behind the model."""
+    result, final = fitted.training, fitted.final
+    refitted = None if fitted.refit_identities is None else {
+        "identities": fitted.refit_identities, "epochs": final.epochs_run, "steps": final.steps,
+        "training_seconds": final.training_seconds}
+    recipe = dict(
+        loss=config.loss, mining=config.mining, margin=config.margin, epochs=result.epochs_run,
+        steps=result.steps, seed=config.seed, tower=config.tower, embedding_size=config.embedding_size,
+        dataset={"name": data.name, "fingerprint": data.fingerprint, "spec": spec},
+        train_identities=split.train, validation_identities=split.validation,
+        holdout_identities=split.holdout, best_validation_eer=result.best_validation_eer,
+        best_epoch=result.best_epoch, refit=refitted, training_seconds=round(fitted.seconds, 1),
+        flip_tta=final.model is not final.tower, hyperparameters=config.to_dict(),
+        history=result.history)
+    if config.tower in PRETRAINED:
+        recipe["pretrained"] = face_resnet.provenance()
+    if profile.detector:
+        recipe["face_detector"] = detector.provenance()
+    return recipe
+
+
+@dataclass(frozen=True)
+class TrainedBundle:
+    """What `train_bundle` wrote, and how the training went."""
+
+    bundle_id: str
+    path: Path
+    recipe: dict
+    fitted: Fitted
+
+
+def train_bundle(data, config, split, out, *, profile, metric="euclidean", refit_after=True, spec=None,
+                 checkpoint_dir=None, resume=False, verbose=True, log=_quiet):
+    """Acquire faces (face profiles), train on `split` with `config`, refit, and save the bundle to `out`.
+
+    data: LabelledImages; spec: how the data was named (recorded in the recipe); checkpoints go to
+    `checkpoint_dir` (default OUT/checkpoint); `log` receives one-line progress messages.
+    """
+    n_identities = len(data.identities)
+    data = acquire_faces(data, profile, log)
+    check_counts(data, split.train + split.validation, config.batch_k)
+    inputs_profile = chip_profile(profile)
+    validation = None
+    if split.validation:
+        validation = sample_per_identity(data.subset(split.validation), VALIDATION_PER_IDENTITY, config.seed)
+    log(f"{data.name}: {n_identities} identities, {len(data)} images; training on {len(split.train)}, "
+        f"validating on {len(split.validation)}, holding out {len(split.holdout)}; profile {profile.name}")
+    out = Path(out)
+    identity = {"dataset": data.fingerprint, "split": [split.train, split.validation, split.holdout],
+                "profile": profile.to_dict()}
+    fitted = fit_tower(config, data, split, inputs_profile, validation=validation, refit_after=refit_after,
+                       metric=metric, checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else out / "checkpoint",
+                       resume=resume, identity=identity, verbose=verbose, log=log)
+    recipe = bundle_recipe(config, fitted, data, split, profile, spec)
+    bundle_id = save_bundle(out, fitted.final.model, profile=profile, metric=metric, recipe=recipe)
+    return TrainedBundle(bundle_id, out, recipe, fitted)
