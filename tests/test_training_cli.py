@@ -150,6 +150,11 @@ def test_non_positive_cosface_scale_is_refused(faces, tmp_path, capsys):
            "--scale must be positive")
 
 
+def test_mining_for_a_loss_that_mines_nothing_is_refused(faces, tmp_path, capsys):
+    _fails(["--data", str(faces), "--loss", "cosface", "--mining", "batch-hard", "--out", str(tmp_path)], capsys,
+           "applies to the triplet loss only")
+
+
 def _fails(argv, capsys, message):
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -45,7 +45,8 @@ def build_parser():
     data.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
     model = p.add_argument_group("model and loss")
     model.add_argument("--loss", choices=LOSSES, default=DEFAULTS.loss)
-    model.add_argument("--mining", choices=MINING, default=DEFAULT_MINING, help="triplet mining")
+    model.add_argument("--mining", choices=MINING, default=None,
+                       help=f"in-batch mining for the triplet loss (default: {DEFAULT_MINING})")
     model.add_argument("--margin", type=float, default=None,
                        help="loss margin (default: 1.0 contrastive, 0.2 triplet, 0.35 cosface (in cosine))")
     model.add_argument("--scale", type=float, default=DEFAULTS.scale,
@@ -120,8 +121,7 @@ def _load(spec, strict):
 
 
 def _config(args):
-    mining = args.mining if args.loss == "triplet" else None  # --mining only means something for triplet
-    return TrainConfig(loss=args.loss, mining=mining, margin=args.margin, soft_margin=args.soft_margin,
+    return TrainConfig(loss=args.loss, mining=args.mining, margin=args.margin, soft_margin=args.soft_margin,
                        scale=args.scale, tower=args.tower, trainable_stages=args.trainable_stages,
                        embedding_size=args.embedding_size, dropout=args.dropout,
                        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_p=args.batch_p,

@@ -9,6 +9,7 @@ sides of every pair or triplet, so one tower is all the bundle stores.
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import keras
@@ -17,17 +18,17 @@ import tensorflow as tf
 
 from calibration.metrics import eer
 from calibration.pairs import pair_comparisons
-from training import losses
+from training import losses, miners, reducers
 from training.augment import augmentation_for
 from training.pipeline import training_batches
 from training.samplers import PairSampler, PKSampler
 from training.towers import PRETRAINED, build_tower, with_flip_average
 from verifier.core.embedder import Embedder
-from verifier.core.files import replace_with, write_json_atomic
 from verifier.core.errors import VerifierError
+from verifier.core.files import replace_with, write_json_atomic
 
 LOSSES = ("contrastive", "triplet", "npair", "cosface")
-MINING = tuple(losses.TRIPLET_MINING)
+MINING = tuple(miners.TRIPLET_MINERS)  # triplet only: the other losses mine nothing to choose
 DEFAULT_MINING = "batch-all"
 # Per-loss defaults, each the best measured for that loss on held-out ORL identities
 # (bench/accuracy.py): augmentation and a 128-d embedding helped cosface (2,000 steps) and
@@ -45,6 +46,10 @@ class TrainingError(VerifierError):
     code = "training_error"
 
 
+class ConfigError(TrainingError, ValueError):
+    """Settings that do not fit together (a mining for a loss that mines nothing)."""
+
+
 @dataclass
 class TrainConfig:
     """Every choice that shapes the trained weights (recorded in the bundle's recipe).
@@ -56,11 +61,11 @@ class TrainConfig:
     mirror-averaged embeddings, then a refit (`refit`): 5.2% mean EER, against 9.7% for the
     best triplet recipe (batch-all, margin 0.2, no augmentation, 1,000 steps). `margin`,
     `augment`, `epochs` and `embedding_size` left as None take the loss's own default;
-    `mining` only applies to triplet.
+    `mining` applies to triplet only (None: DEFAULT_MINING), and is an error for the others.
     """
 
     loss: str = "cosface"
-    mining: str | None = DEFAULT_MINING
+    mining: str | None = None  # None: DEFAULT_MINING for triplet; the other losses take none
     margin: float | None = None  # None: the loss's default (DEFAULT_MARGIN)
     soft_margin: bool = False
     temperature: float = 0.2  # npair only
@@ -83,8 +88,12 @@ class TrainConfig:
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}")
-        if self.loss != "triplet":
-            self.mining = None
+        if self.loss != "triplet" and self.mining is not None:
+            raise ConfigError(f"mining {self.mining!r} applies to the triplet loss only, not to {self.loss}")
+        if self.loss == "triplet":
+            self.mining = self.mining or DEFAULT_MINING
+            if self.mining not in MINING:
+                raise ConfigError(f"unknown mining {self.mining!r}; known: {', '.join(MINING)}")
         if self.margin is None:
             self.margin = DEFAULT_MARGIN[self.loss]
         if self.augment is None:
@@ -112,17 +121,38 @@ class TrainResult:
     history: list = field(default_factory=list)
 
 
-def _loss_function(config, sampler, proxies):
-    """emb, targets -> scalar loss, for the configured loss."""
-    if config.loss == "cosface":
-        return lambda emb, y: losses.cosface_loss(emb, y, proxies, config.scale, config.margin)
+def make_proxies(config, n_classes):
+    """cosface's trainable (D, C) proxies, one column per training identity, in a list
+    (the variables trained outside the tower); an empty list for the other losses."""
+    if config.loss != "cosface":
+        return []
+    return [tf.Variable(tf.random.normal([config.embedding_size, n_classes], stddev=0.1, seed=config.seed),
+                        name="proxies")]
+
+
+def build_miner(config):
+    """What picks each batch's index tuples for the configured loss; None for cosface, which
+    scores every embedding against every proxy."""
     if config.loss == "contrastive":
-        n = sampler.n_pairs
-        return lambda emb, y: losses.contrastive_loss(emb[:n], emb[n:], y, config.margin)
+        return miners.SampledPairs()
     if config.loss == "npair":
-        return lambda emb, y: losses.npair_loss(emb, sampler.p, sampler.k, config.temperature)
-    mine = losses.TRIPLET_MINING[config.mining]
-    return lambda emb, y: mine(emb, y, config.margin, config.soft_margin)
+        return miners.NPairSets(config.batch_k)
+    if config.loss == "triplet":
+        return miners.TRIPLET_MINERS[config.mining]()
+    return None
+
+
+def build_loss(config, proxies):
+    """The configured loss with its reducer; `proxies` is make_proxies' list."""
+    if config.loss == "contrastive":
+        return losses.ContrastiveLoss(config.margin)
+    if config.loss == "npair":
+        return losses.NPairLoss(config.temperature)
+    if config.loss == "cosface":
+        return losses.CosFaceLoss(proxies[0], config.scale, config.margin)
+    # batch-all averages over the triplets that still violate the margin, the others over all they mined
+    reducer = reducers.mean_over_nonzero if config.mining == "batch-all" else reducers.mean
+    return losses.TripletMarginLoss(config.margin, config.soft_margin, reducer=reducer)
 
 
 def make_sampler(config, labels):
@@ -197,21 +227,8 @@ def first_eligible_epoch(epochs):
     return epochs // 2 + 1
 
 
-def train(config, train_images, train_labels, profile, *, val_images=None, val_labels=None,
-          val_forged=None, metric="euclidean", checkpoint_dir=None, resume=False, identity=None,
-          verbose=True):
-    """Train a tower on preprocessed images; returns a TrainResult with the best weights.
-
-    identity: a JSON-able description of the data and split; a resumed run must match it
-    (and so must every setting except `epochs` and `patience`: a resumed run may be given
-    more epochs, and the cosine schedule then stretches to the new total).
-    """
-    keras.utils.set_random_seed(config.seed)
-    _, train_labels = np.unique(train_labels, return_inverse=True)  # 0..C-1: cosface's proxy columns
-    sampler = make_sampler(config, train_labels)
-    extra = [tf.Variable(tf.random.normal([config.embedding_size, train_labels.max() + 1], stddev=0.1,
-                                          seed=config.seed), name="proxies")] if config.loss == "cosface" else []
-    loss_fn = _loss_function(config, sampler, extra[0] if extra else None)
+def build_model(config, profile):
+    """(tower, model): the tower to train, and what the bundle stores (mirror-averaged when used)."""
     try:
         tower = build_tower(config.tower, profile.input_shape, config.embedding_size, config.dropout,
                             config.trainable_stages)
@@ -219,77 +236,135 @@ def train(config, train_images, train_labels, profile, *, val_images=None, val_l
         raise TrainingError(str(exc)) from None
     # mirror averaging doubles the serving cost: worth it for a small CNN, not for a pretrained tower
     use_tta = config.flip_tta and profile.allow_flip and config.tower not in PRETRAINED
-    model = with_flip_average(tower) if use_tta else tower
+    return tower, with_flip_average(tower) if use_tta else tower
+
+
+def make_optimizer(config):
+    """AdamW on a cosine schedule that decays over the whole run."""
     total_steps = config.epochs * config.steps_per_epoch
     schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=max(total_steps, 1))
-    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
-    augmentation = augmentation_for(profile, config.augment)
-    has_validation = val_images is not None and len(np.unique(val_labels)) >= 2
-    embedder = Embedder(model, profile) if has_validation else None
+    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
 
-    signature = {"config": {k: v for k, v in config.to_dict().items() if k not in ("epochs", "patience")},
-                 "identity": identity}
-    state = {"epoch": 0, "best_eer": None, "best_epoch": 0, "bad_epochs": 0, "history": [],
-             "seconds": 0.0, "signature": signature}
-    best_weights = tower.get_weights()
-    checkpoint = Checkpoint(checkpoint_dir) if checkpoint_dir else None
-    if resume and checkpoint and checkpoint.exists():
-        saved, best_weights = checkpoint.load(tower, optimizer, extra)
-        if saved["signature"] != json.loads(json.dumps(signature)):
-            raise TrainingError(f"checkpoint in {checkpoint.dir} was made with other data or settings; "
-                                "use the same arguments, another --checkpoint-dir, or drop --resume")
-        state = saved
-        print(f"resuming from {checkpoint.dir} after epoch {state['epoch']}")
-    elif resume:
-        print(f"no checkpoint in {checkpoint_dir}: starting from scratch")
+
+def make_validator(model, profile, images, labels, forged, metric):
+    """() -> the model's validation EER now; None without at least 2 validation identities."""
+    if images is None or len(np.unique(labels)) < 2:
+        return None
+    return partial(validation_eer, Embedder(model, profile), images, labels, metric, forged)
+
+
+def make_train_step(tower, extra, optimizer, miner, loss):
+    """A tf.function taking one optimizer step on a batch (images, targets); returns its loss."""
 
     @tf.function(reduce_retracing=True)
     def train_step(x, y):
         with tf.GradientTape() as tape:
-            loss = loss_fn(tower(x, training=True), y)
+            embeddings = tower(x, training=True)
+            value = loss(embeddings, y, miner(embeddings, y) if miner else ())
         variables = tower.trainable_variables + extra
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return loss
+        optimizer.apply_gradients(zip(tape.gradient(value, variables), variables))
+        return value
 
-    pair_labels = sampler.similar() if config.loss == "contrastive" else None
+    return train_step
+
+
+def start_state(config, identity, tower, optimizer, extra, checkpoint, resume):
+    """(loop state, best weights) to start from: fresh, or the checkpoint's when resuming.
+
+    A resumed run must match the checkpoint's data and every setting except `epochs` and
+    `patience` (a resumed run may be given more epochs; the cosine schedule then stretches).
+    """
+    signature = {"config": {k: v for k, v in config.to_dict().items() if k not in ("epochs", "patience")},
+                 "identity": identity}
+    state = {"epoch": 0, "best_eer": None, "best_epoch": 0, "bad_epochs": 0, "history": [],
+             "seconds": 0.0, "signature": signature}
+    if not resume:
+        return state, tower.get_weights()
+    if not (checkpoint and checkpoint.exists()):
+        print(f"no checkpoint in {checkpoint.dir if checkpoint else None}: starting from scratch")
+        return state, tower.get_weights()
+    saved, best_weights = checkpoint.load(tower, optimizer, extra)
+    if saved["signature"] != json.loads(json.dumps(signature)):
+        raise TrainingError(f"checkpoint in {checkpoint.dir} was made with other data or settings; "
+                            "use the same arguments, another --checkpoint-dir, or drop --resume")
+    print(f"resuming from {checkpoint.dir} after epoch {saved['epoch']}")
+    return saved, best_weights
+
+
+def run_epoch(config, epoch, train_step, batches, validate, verbose):
+    """One epoch's optimizer steps on `batches`, then the validation EER (when `validate` is
+    given), shown on a progress bar; returns the epoch's history record."""
+    bar = keras.utils.Progbar(config.steps_per_epoch, stateful_metrics=["val_eer"], verbose=1 if verbose else 0)
+    if verbose:
+        print(f"Epoch {epoch}/{config.epochs}")
+    seen = []
+    for i, (x, y) in enumerate(batches):
+        seen.append(float(train_step(x, y)))
+        if i + 1 < config.steps_per_epoch:  # the last update also carries the validation EER
+            bar.update(i + 1, [("loss", seen[-1])])
+    record = {"epoch": epoch, "loss": float(np.mean(seen))}
+    shown = [("loss", seen[-1])]
+    if validate is not None:
+        record["val_eer"] = validate()
+        shown.append(("val_eer", record["val_eer"]))
+    bar.update(config.steps_per_epoch, shown)
+    return record
+
+
+def judge_epoch(state, epoch, val_eer, epochs):
+    """Early stopping's bookkeeping in `state` after `epoch`; True when its weights become the best.
+
+    Without validation (`val_eer` None) every epoch is the best so far. Ties keep the later
+    epoch without resetting the count of epochs since the last improvement.
+    """
+    if val_eer is None:
+        state["best_epoch"] = epoch
+        return True
+    if epoch < first_eligible_epoch(epochs):
+        return False  # shown, but too early in the schedule to be chosen
+    if state["best_eer"] is None or val_eer <= state["best_eer"]:
+        improved = state["best_eer"] is None or val_eer < state["best_eer"]
+        state.update(best_eer=val_eer, best_epoch=epoch, bad_epochs=0 if improved else state["bad_epochs"])
+        return True
+    state["bad_epochs"] += 1
+    return False
+
+
+def train(config, train_images, train_labels, profile, *, val_images=None, val_labels=None,
+          val_forged=None, metric="euclidean", checkpoint_dir=None, resume=False, identity=None,
+          verbose=True):
+    """Train a tower on preprocessed images; returns a TrainResult with the best weights.
+
+    identity: a JSON-able description of the data and split; a resumed run must match it
+    (see `start_state`).
+    """
+    keras.utils.set_random_seed(config.seed)
+    _, train_labels = np.unique(train_labels, return_inverse=True)  # 0..C-1: cosface's proxy columns
+    sampler = make_sampler(config, train_labels)
+    extra = make_proxies(config, train_labels.max() + 1)
+    miner, loss = build_miner(config), build_loss(config, extra)
+    tower, model = build_model(config, profile)
+    optimizer = make_optimizer(config)
+    augmentation = augmentation_for(profile, config.augment)
+    validate = make_validator(model, profile, val_images, val_labels, val_forged, metric)
+    checkpoint = Checkpoint(checkpoint_dir) if checkpoint_dir else None
+    state, best_weights = start_state(config, identity, tower, optimizer, extra, checkpoint, resume)
+    train_step = make_train_step(tower, extra, optimizer, miner, loss)
+    batches = partial(training_batches, train_images, train_labels, sampler, augmentation, profile.normalize,
+                      config.seed, pair_labels=sampler.similar() if config.loss == "contrastive" else None)
     start = time.perf_counter() - state["seconds"]
-    stopped = state["bad_epochs"] >= config.patience and has_validation
+    stopped = validate is not None and state["bad_epochs"] >= config.patience
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
         if stopped:
             break
         first = (epoch - 1) * config.steps_per_epoch
-        batches = training_batches(train_images, train_labels, sampler, augmentation, profile.normalize,
-                                   config.seed, first, first + config.steps_per_epoch, pair_labels)
-        bar = keras.utils.Progbar(config.steps_per_epoch, stateful_metrics=["val_eer"],
-                                  verbose=1 if verbose else 0)
-        if verbose:
-            print(f"Epoch {epoch}/{config.epochs}")
-        losses_seen = []
-        for i, (x, y) in enumerate(batches):
-            losses_seen.append(float(train_step(x, y)))
-            if i + 1 < config.steps_per_epoch:  # the last update also carries the validation EER
-                bar.update(i + 1, [("loss", losses_seen[-1])])
-        record = {"epoch": epoch, "loss": float(np.mean(losses_seen))}
-        if has_validation:
-            val_eer = validation_eer(embedder, val_images, val_labels, metric, val_forged)
-            record["val_eer"] = val_eer
-            if epoch < first_eligible_epoch(config.epochs):
-                pass  # shown, but too early in the schedule to be chosen
-            elif state["best_eer"] is None or val_eer <= state["best_eer"]:  # ties: keep the later epoch
-                improved = state["best_eer"] is None or val_eer < state["best_eer"]
-                state.update(best_eer=val_eer, best_epoch=epoch, bad_epochs=0 if improved else state["bad_epochs"])
-                best_weights = tower.get_weights()
-            else:
-                state["bad_epochs"] += 1
-            stopped = state["bad_epochs"] >= config.patience
-        else:
-            state["best_epoch"] = epoch
+        record = run_epoch(config, epoch, train_step, batches(first, first + config.steps_per_epoch), validate,
+                           verbose)
+        if judge_epoch(state, epoch, record.get("val_eer"), config.epochs):
             best_weights = tower.get_weights()
-        bar.update(config.steps_per_epoch, [("loss", losses_seen[-1])] +
-                   ([("val_eer", record["val_eer"])] if has_validation else []))
+        stopped = validate is not None and state["bad_epochs"] >= config.patience
         state["history"].append(record)
-        state["epoch"] = epoch
-        state["seconds"] = time.perf_counter() - start
+        state.update(epoch=epoch, seconds=time.perf_counter() - start)
         if checkpoint:
             checkpoint.save(tower, optimizer, best_weights, state, extra)
         if stopped and verbose:

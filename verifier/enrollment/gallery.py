@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from verifier.core.distances import get_metric
 from verifier.core.fusion import RULES, fused_distances
 
 RESCORE_EXTRA = 16  # candidates rescored beyond top_k, against float32 rounding in the ranking
@@ -51,6 +52,7 @@ class Gallery:
         self.store = store
         self.bundle_id = bundle_id
         self.metric = metric
+        self.distance = get_metric(metric)
         self.rule = rule
         self._snapshot = None
         self._lock = threading.Lock()
@@ -58,11 +60,8 @@ class Gallery:
         self.appends = 0  # incremental refreshes
 
     def _keys(self, rows):
-        """Comparison keys for rows or centroids: unit vectors for cosine, as they are otherwise."""
-        rows = np.asarray(rows, dtype=np.float32)
-        if self.metric == "cosine":
-            rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-        return np.ascontiguousarray(rows, dtype=np.float32)
+        """Comparison keys for rows or centroids, as the metric compares them (float32)."""
+        return np.ascontiguousarray(self.distance.prepare(np.asarray(rows, dtype=np.float32)), dtype=np.float32)
 
     def _snap(self, version, removals, index, row_subject, templates, sums, keys, key_norms):
         """A snapshot; for the centroid rule the keys are (re)made from the per-subject sums."""
@@ -141,10 +140,7 @@ class Gallery:
     def _coarse(self, snap, probe):
         """Every subject's fused distance to `probe`, in float32."""
         p = self._keys(probe[None, :])[0]
-        if self.metric == "cosine":
-            d = 1.0 - snap.keys @ p
-        else:
-            d = np.sqrt(np.maximum(snap.key_norms + float(p @ p) - 2.0 * (snap.keys @ p), 0.0))
+        d = self.distance.from_inner(snap.keys @ p, snap.key_norms, float(p @ p))
         if self.rule == "centroid":
             return d
         if self.rule == "min":
