@@ -29,7 +29,7 @@ def eigenfaces(train_images, train_labels, test_images, variance=0.95):
 def fisherfaces(train_images, train_labels, test_images):
     x = _flat(train_images)
     n_classes = len(np.unique(train_labels))
-    pca = PCA(n_components=min(len(x) - n_classes, 2 * n_classes, x.shape[1])).fit(x)
+    pca = PCA(n_components=min(len(x) - n_classes, 2 * n_classes, x.shape[1]), random_state=0).fit(x)
     lda = LinearDiscriminantAnalysis(n_components=n_classes - 1).fit(pca.transform(x), train_labels)
     return lda.transform(pca.transform(_flat(test_images)))
 

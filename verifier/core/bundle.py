@@ -14,6 +14,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
+from verifier.core import distances
 from verifier.core.errors import BundleError
 from verifier.core.files import replace_with, write_json_atomic
 from verifier.core.profiles import Profile
@@ -22,7 +23,7 @@ FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
 META_FILE = "bundle.json"
 CALIBRATION_FILE = "calibration.json"
-METRICS = ("euclidean", "cosine")
+METRICS = tuple(distances.METRICS)
 REQUIRED_KEYS = ("format_version", "bundle_id", "profile", "embedding_size", "metric")
 
 
