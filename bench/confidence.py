@@ -24,6 +24,7 @@ from calibration.confidence import CALIBRATORS, DEFAULT_CONFIDENCE
 from calibration.policies import parse_policy
 from imagesets import load_dataset
 from verifier.core.errors import VerifierError
+from verifier.settings import DEFAULT_BUNDLE
 
 POLICY = "fmr=0.01"
 ECE_GOAL = 0.03
@@ -64,7 +65,7 @@ def one_split(bundle, data, seed, bootstrap, confidence):
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--bundle", default="bundles/default")
+    p.add_argument("--bundle", default=DEFAULT_BUNDLE)
     p.add_argument("--seed", type=int, default=0, help="the headline split seed")
     p.add_argument("--splits", type=int, default=10, help="split seeds in all (seed, seed+1, ...)")
     p.add_argument("--bootstrap", type=int, default=1000)

@@ -33,6 +33,7 @@ from verifier.core.fusion import fused_distances
 from verifier.core.scorer import Scorer
 from verifier.enrollment.service import EnrollmentService
 from verifier.enrollment.store import open_store
+from verifier.settings import DEFAULT_BUNDLE
 
 
 def figures(genuine, impostor, threshold):
@@ -55,7 +56,7 @@ def split(scores, probe_ids, subject_ids, keep):
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--bundle", default="bundles/default")
+    parser.add_argument("--bundle", default=DEFAULT_BUNDLE)
     parser.add_argument("--enroll", type=int, default=3, help="images enrolled per identity")
     parser.add_argument("--seed", type=int, default=0)
     return parser

@@ -47,6 +47,7 @@ from verifier.core.fusion import fused_distances
 from verifier.enrollment.gallery import Gallery
 from verifier.enrollment.store import open_store
 from verifier.enrollment.store.base import embedding_bytes, now
+from verifier.settings import DEFAULT_BUNDLE
 
 BUNDLE_ID = "bench"
 
@@ -92,7 +93,7 @@ def loop_ms(store, metric, rule, probe, sample=500):
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--bundle", default="bundles/default", help="read embedding size and metric from it")
+    parser.add_argument("--bundle", default=DEFAULT_BUNDLE, help="read embedding size and metric from it")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--per-subject", type=int, default=5)
     parser.add_argument("--rule", default="mean", choices=("mean", "min", "centroid"))

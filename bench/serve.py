@@ -35,6 +35,7 @@ from bench import dlib_face
 from verifier.core.bundle import read_meta
 from verifier.core.errors import VerifierError
 from verifier.core.profiles import Profile
+from verifier.settings import DEFAULT_BUNDLE
 
 # the small-CNN profiles' goals; the face pipeline (detection, alignment, a 5.6M-parameter ResNet) has its own
 GOALS = {"verifications_per_s": 300, "p50_ms_one_client": 5.0, "worker_rss_mb": 400}
@@ -190,7 +191,7 @@ def children(pid):
 
 def build_parser():
     parser = argparse.ArgumentParser(description="Benchmark the verifier service against a naive server.")
-    parser.add_argument("--bundle", default="bundles/default")
+    parser.add_argument("--bundle", default=DEFAULT_BUNDLE)
     parser.add_argument("--requests", type=int, default=600, help="requests per concurrency level (service)")
     parser.add_argument("--naive-requests", type=int, default=60, help="requests per concurrency level (naive)")
     parser.add_argument("--clients", default="1,2,4", help="concurrency levels")

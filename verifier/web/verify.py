@@ -4,11 +4,11 @@ Each view carries its OpenAPI operation (`@operation`, under the route); the sch
 these operations use are `bp.openapi_schemas`.
 """
 
-import time
 
 from flask import Blueprint, current_app, jsonify
 
 from verifier.core.errors import VerifierError
+from verifier.core.timing import Stopwatch
 from verifier.web import metrics
 from verifier.web.extensions import get_scorer, scorer_holder
 from verifier.web.inputs import decode_list, images_from_request, options_from_request, raw_list
@@ -54,25 +54,21 @@ def _verify_operation(summary, operation_id, result, *, batch=False):
                           **INPUT_ERRORS}}
 
 
-def _ms_since(start):
-    return round((time.perf_counter() - start) * 1000.0, 3)
-
-
 @bp.post("/v1/verify")
 @operation(_verify_operation("Verify that two images show the same identity", "verifyPair", "VerifyResult"))
 def verify():
     """Two images -> distance, decision, calibrated confidence, threshold and the policy behind it."""
-    start = time.perf_counter()
+    clock = Stopwatch()
     options = options_from_request()
     scorer = get_scorer()
     scorer.rule(**options)  # 503 uncalibrated / 400 or 422 bad option before any decoding
     images = images_from_request(("image_a", "image_b"))
-    decoded = _ms_since(start)
+    decoded = clock.lap("decode")
     (decision,), timings = scorer.verify([images["image_a"]], [images["image_b"]], **options,
                                          names=["image_a", "image_b"])
     metrics.record_decisions([decision])
     return jsonify({**decision, **scorer.describe(),
-                    "timings_ms": {"decode": decoded, **timings, "total": _ms_since(start)}})
+                    "timings_ms": {"decode": decoded, **timings, "total": clock.total()}})
 
 
 @bp.post("/v1/verify/batch")
@@ -80,7 +76,7 @@ def verify():
                              "BatchResult", batch=True))
 def verify_batch():
     """Many pairs: image_a[i] with image_b[i] (repeated multipart fields or JSON arrays), one batch."""
-    start = time.perf_counter()
+    clock = Stopwatch()
     options = options_from_request()
     scorer = get_scorer()
     scorer.rule(**options)
@@ -94,12 +90,12 @@ def verify_batch():
         raise VerifierError(f"{count_a} pairs in one request; the limit is {limit}",
                             code="too_many_pairs", status=413)
     images = {name: decode_list(name, values) for name, values in fields.items()}
-    decoded = _ms_since(start)
+    decoded = clock.lap("decode")
     names = [f"{name}[{i}]" for name in ("image_a", "image_b") for i in range(count_a)]
     decisions, timings = scorer.verify(images["image_a"], images["image_b"], **options, names=names)
     metrics.record_decisions(decisions)
     return jsonify({"results": decisions, "count": len(decisions), **scorer.describe(),
-                    "timings_ms": {"decode": decoded, **timings, "total": _ms_since(start)}})
+                    "timings_ms": {"decode": decoded, **timings, "total": clock.total()}})
 
 
 @bp.get("/healthz")
