@@ -33,7 +33,7 @@ ALLOWED = {
     "imagesets": {"verifier.core"},
     "calibration": {"verifier.core", "imagesets"},
     "training": {"verifier.core", "imagesets", "calibration"},
-    "bench": {"verifier.core", "verifier.enrollment", "imagesets", "calibration", "training"},
+    "bench": {"verifier.core", "verifier.enrollment", "verifier.settings", "imagesets", "calibration", "training"},
 }
 
 WEB = ("flask", "werkzeug", "verifier.web")
