@@ -111,6 +111,15 @@ def test_service_routes(api):
     assert api.get("/openapi.json", 200)["openapi"].startswith("3.")
 
 
+def test_page(api):
+    assert api.get("/", 200) is None  # HTML, not JSON
+
+
+def test_calibration(api):
+    body = api.get("/v1/calibration", 200)
+    assert body["policy"] == "eer" and body["target_fmrs"] == [0.1]
+
+
 def test_metrics(api):
     assert api.get("/metrics", 200) is None  # Prometheus text, not JSON
 
@@ -119,6 +128,7 @@ def test_readyz_and_verify_without_a_bundle(tmp_path, spec):
     api = Api(create_app({"VERIFIER_BUNDLE": str(tmp_path / "absent"), "TESTING": True}), spec)
     assert api.get("/readyz", 503)["error"]["code"] == "not_ready"
     assert api.post("/v1/verify", 503, json={"image_a": "AAAA", "image_b": "AAAA"})["error"]["code"] == "bundle_error"
+    assert api.get("/v1/calibration", 503)["error"]["code"] == "bundle_error"
 
 
 def test_verify(api, faces):
