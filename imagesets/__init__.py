@@ -17,11 +17,16 @@ from pathlib import Path
 import numpy as np
 
 from verifier.core.errors import DatasetError, VerifierError
-from verifier.core.images import read_image
+from verifier.core.images import OPENCV_MAX_PIXELS, read_image
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat",
                          "sandal", "shirt", "sneaker", "bag", "ankle-boot")
+
+# A labelled folder is the user's own data, read offline: phone and camera photos (12-24 MP) load,
+# up to OpenCV's own cap, rather than the service's per-request limits.
+FOLDER_MAX_PIXELS = OPENCV_MAX_PIXELS
+FOLDER_MAX_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -84,7 +89,7 @@ def _build(name, entries, profile, strict):
     sha = hashlib.sha256()
     for identity, path, is_forged in entries:
         try:
-            image = read_image(path)
+            image = read_image(path, max_pixels=FOLDER_MAX_PIXELS, max_bytes=FOLDER_MAX_BYTES)
         except VerifierError as exc:
             if strict:
                 raise DatasetError(f"unreadable image {path}: {exc.message}") from None

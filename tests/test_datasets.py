@@ -79,3 +79,16 @@ def test_fashion_mnist_categories():
     data = load_dataset("fashion-mnist")
     assert len(data) == 70_000 and len(data.identities) == 10
     assert np.bincount(data.labels).tolist() == [7000] * 10
+
+
+def test_folder_loads_camera_sized_photos_the_service_would_refuse(tmp_path):
+    """Training folders are the user's own data: a 12 MP photo loads (the service's limit is a few MP)."""
+    from verifier.core.images import MAX_PIXELS
+
+    for identity in ("a", "b"):
+        (tmp_path / identity).mkdir()
+        photo = np.random.default_rng(0).integers(0, 255, (3000, 4000, 3), dtype=np.uint8)
+        assert 3000 * 4000 > MAX_PIXELS
+        cv2.imwrite(str(tmp_path / identity / "photo.jpg"), photo)
+    data = load_folder(tmp_path, strict=True)
+    assert len(data) == 2 and data.images[0].shape[:2] == (3000, 4000)

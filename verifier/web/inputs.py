@@ -8,8 +8,11 @@ Two request shapes are accepted everywhere:
                           is a JSON array of base64 strings; "data:image/png;base64," is allowed
 
 Each problem is its own clear error naming the field: 415 for another content type or
-bytes that are not an image, 400 for a missing field, a zero-byte upload or bad base64,
-and the decoder's 413/422 for an image that is too large, too small or broken.
+bytes that are not an image, 400 for a missing field, a zero-byte upload, bad base64 or a
+JSON body nested too deep or holding a number too long, and the decoder's 413/422 for an
+image that is too large, too small or broken. Every image's header is read before any is
+decoded, so a request whose images together exceed MAX_REQUEST_PIXELS is refused (413)
+before it costs a decode.
 """
 
 import base64
@@ -20,9 +23,11 @@ from flask import current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from verifier.core.errors import VerifierError
-from verifier.core.images import decode_image
+from verifier.core.images import decode_image, probe
+from verifier.web.extensions import get_scorer
 
 OPTION_NAMES = ("threshold", "target_fmr")
+MAX_NUMBER_DIGITS = 64  # longer JSON integers are refused before they reach float() and overflow
 
 
 def _bad(message, code, status=400):
@@ -49,7 +54,9 @@ def json_body():
     if request.content_length is None and limit and len(data) >= limit:
         raise RequestEntityTooLarge()  # a chunked body is cut at the limit without an error of its own
     try:
-        body = json.loads(data)
+        body = json.loads(data, parse_int=_parse_int)
+    except RecursionError:
+        raise _bad("request body is nested too deep to parse", "bad_json") from None
     except ValueError as exc:
         raise _bad(f"request body is not valid JSON: {exc}", "bad_json") from None
     if not isinstance(body, dict):
@@ -58,9 +65,45 @@ def json_body():
     return body
 
 
+def _parse_int(text):
+    """json.loads' integer parser, refusing integers longer than MAX_NUMBER_DIGITS."""
+    if len(text.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise _bad(f"request body holds an integer of {len(text)} digits; at most {MAX_NUMBER_DIGITS}",
+                   "bad_json")
+    return int(text)
+
+
 def _limits():
     config = current_app.config
-    return {"max_bytes": config["MAX_IMAGE_BYTES"], "max_pixels": config["MAX_PIXELS"]}
+    return {"max_bytes": config["MAX_IMAGE_BYTES"], "max_pixels": config["MAX_PIXELS"],
+            "min_side_wanted": _min_side_wanted()}
+
+
+def _min_side_wanted():
+    """How short an image's shorter side may become when decoded at reduced size, for the served profile.
+
+    Twice the model input's longer side for profiles that take the image whole; four chip sides
+    where a face is detected first, so a face a quarter of the frame still fills its chip.
+    """
+    profile = get_scorer().profile
+    return 4 * profile.height if profile.detector else 2 * max(profile.height, profile.width)
+
+
+def check_budget(named_fields):
+    """Read every image's header (no decoding): the limits of each, then MAX_REQUEST_PIXELS over all (413)."""
+    config = current_app.config
+    total, budget = 0, config["MAX_REQUEST_PIXELS"]
+    for name, data in named_fields:
+        if not data:
+            continue  # decode_field names the empty upload
+        try:
+            total += probe(data, max_bytes=config["MAX_IMAGE_BYTES"], max_pixels=config["MAX_PIXELS"]).pixels
+        except VerifierError as exc:
+            raise VerifierError(f"{name}: {exc.message}", code=exc.code, status=exc.status) from None
+        if total > budget:
+            raise VerifierError(f"the images of this request hold {total} pixels or more by their headers; "
+                                f"the limit for one request is {budget}", code="request_too_many_pixels",
+                                status=413)
 
 
 def decode_field(name, data):
@@ -113,15 +156,16 @@ def raw_fields(name, *, body=None):
 def images_from_request(names):
     """{name: decoded image} for fields that must each hold exactly one image."""
     body = json_body() if request_kind() == "json" else None
-    out = {}
+    raw = {}
     for name in names:
         fields = raw_fields(name, body=body)
         if not fields:
             raise _missing(name)
         if len(fields) > 1:
             raise _bad(f"field {name!r} holds {len(fields)} images; exactly one is expected", "too_many_images")
-        out[name] = decode_field(name, fields[0])
-    return out
+        raw[name] = fields[0]
+    check_budget(raw.items())
+    return {name: decode_field(name, data) for name, data in raw.items()}
 
 
 def raw_list(name):
@@ -132,9 +176,17 @@ def raw_list(name):
     return fields
 
 
+def decode_lists(lists):
+    """{name: raw_list(name)} -> {name: decoded images}, after `check_budget` over all of them;
+    each error names its image (`name[i]`)."""
+    check_budget([(f"{name}[{i}]", data) for name, fields in lists.items() for i, data in enumerate(fields)])
+    return {name: [decode_field(f"{name}[{i}]", data) for i, data in enumerate(fields)]
+            for name, fields in lists.items()}
+
+
 def decode_list(name, fields):
-    """The images of `raw_list(name)`, decoded; each error names its image (`name[i]`)."""
-    return [decode_field(f"{name}[{i}]", data) for i, data in enumerate(fields)]
+    """The images of `raw_list(name)`, decoded (see `decode_lists`)."""
+    return decode_lists({name: fields})[name]
 
 
 def as_int(value):
