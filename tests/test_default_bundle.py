@@ -64,3 +64,12 @@ def test_fast_path_decides_like_the_calibration_on_real_faces(eval_faces):
     pairs = pair_comparisons(embeddings, np.arange(len(firsts)), np.zeros(len(firsts), bool), scorer.metric)
     different = scorer.decide(pairs.impostor)
     assert np.mean([d["decision"] == "different" for d in different]) >= 0.8
+
+
+def test_shipped_files_match_their_recorded_hashes(bundle):
+    """bundle.json (format 2) seals model.keras; calibration.json names that bundle id and hashes to its own."""
+    from verifier.core.bundle import derive_bundle_id, file_sha256
+
+    assert bundle.meta["format_version"] == 2
+    assert bundle.meta["files"]["model.keras"] == file_sha256(BUNDLE / "model.keras")
+    assert bundle.bundle_id == derive_bundle_id(bundle.meta) == bundle.calibration["bundle_id"]

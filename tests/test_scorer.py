@@ -14,6 +14,20 @@ from verifier.core.profiles import preprocess_batch
 from verifier.core.scorer import Scorer
 
 
+@pytest.fixture(scope="module", autouse=True)
+def export_cache(tmp_path_factory):
+    """This module's own export cache ($VERIFIER_CACHE_DIR), so no test reads or writes another's."""
+    with pytest.MonkeyPatch.context() as patch:
+        path = tmp_path_factory.mktemp("cache")
+        patch.setenv(fastpath.CACHE_ENV, str(path))
+        yield path
+
+
+def cached(bundle_dir, name):
+    """A file of the cached export of the bundle in `bundle_dir`."""
+    return fastpath.export_dir(load_bundle(bundle_dir, with_model=False)) / name
+
+
 @pytest.fixture(scope="module")
 def faces():
     """Two synthetic identities, four images each (uint8 HxW)."""
@@ -44,7 +58,8 @@ def test_tflite_fast_path_agrees_with_model_keras(calibrated_bundle, keras_refer
     embeddings = scorer.embed(images)
     assert embeddings.dtype == np.float32 and embeddings.shape == reference.shape
     assert np.abs(embeddings - reference).max() < 1e-4
-    assert (calibrated_bundle / fastpath.TFLITE_FILE).exists()
+    assert cached(calibrated_bundle, fastpath.TFLITE_FILE).exists()
+    assert not (calibrated_bundle / fastpath.TFLITE_FILE).exists()  # serving never writes into the bundle
 
 
 def test_tf_function_backend_agrees_with_model_keras(calibrated_bundle, keras_reference):
@@ -77,7 +92,7 @@ def test_batches_larger_than_a_chunk_and_changing_sizes(calibrated_bundle, keras
 
 def test_stale_export_is_rebuilt(bundle_copy):
     Scorer.from_bundle(bundle_copy)
-    record_path = bundle_copy / fastpath.RECORD_FILE
+    record_path = cached(bundle_copy, fastpath.RECORD_FILE)
     record = json.loads(record_path.read_text())
     record_path.write_text(json.dumps(dict(record, model_sha256="0" * 64)))
     scorer = Scorer.from_bundle(bundle_copy)
@@ -87,7 +102,7 @@ def test_stale_export_is_rebuilt(bundle_copy):
 
 def test_disagreeing_export_falls_back_to_tf_function(bundle_copy, caplog):
     Scorer.from_bundle(bundle_copy)
-    record_path = bundle_copy / fastpath.RECORD_FILE
+    record_path = cached(bundle_copy, fastpath.RECORD_FILE)
     record = json.loads(record_path.read_text())
     record["reference"] = (np.asarray(record["reference"]) + 0.01).tolist()
     record_path.write_text(json.dumps(record))
@@ -98,12 +113,33 @@ def test_disagreeing_export_falls_back_to_tf_function(bundle_copy, caplog):
         Scorer.from_bundle(bundle_copy, backend="tflite")
 
 
-def test_read_only_bundle_keeps_the_export_in_memory(bundle_copy):
-    for name in (fastpath.TFLITE_FILE, fastpath.RECORD_FILE):
-        (bundle_copy / name).unlink(missing_ok=True)
-    scorer = Scorer.from_bundle(bundle_copy, write_export=False)
+def test_read_only_bundle_keeps_the_export_in_memory(bundle_copy, tmp_path):
+    scorer = Scorer.from_bundle(bundle_copy, write_export=False, cache_dir=tmp_path / "unused")
     assert scorer.backend.startswith("tflite")
-    assert not (bundle_copy / fastpath.TFLITE_FILE).exists()
+    assert not (bundle_copy / fastpath.TFLITE_FILE).exists() and not (tmp_path / "unused").exists()
+
+
+def test_a_substituted_tflite_is_rebuilt_not_served(bundle_copy, caplog):
+    """A model.tflite that is not the one its record hashed (here: another, valid model) never serves."""
+    from tests.conftest import tiny_tower
+
+    Scorer.from_bundle(bundle_copy)
+    tflite = cached(bundle_copy, fastpath.TFLITE_FILE)
+    original = tflite.read_bytes()
+    bundle = load_bundle(bundle_copy, with_model=False)
+    tflite.write_bytes(fastpath.convert(tiny_tower(bundle.profile, seed=1), bundle.profile))
+    scorer = Scorer.from_bundle(bundle_copy)
+    assert "does not match the sha256" in caplog.text
+    assert scorer.backend.startswith("tflite") and scorer.agreement <= fastpath.TOLERANCE
+    assert tflite.read_bytes() == original  # re-exported from model.keras
+
+
+def test_exports_are_cached_per_bundle_id(calibrated_bundle, tmp_path, monkeypatch):
+    bundle = load_bundle(calibrated_bundle, with_model=False)
+    assert fastpath.export_dir(bundle, tmp_path) == tmp_path / "exports" / bundle.bundle_id
+    monkeypatch.delenv(fastpath.CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert fastpath.export_dir(bundle) == tmp_path / "xdg" / "verifier" / "exports" / bundle.bundle_id
 
 
 @pytest.fixture(scope="module")

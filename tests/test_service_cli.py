@@ -1,5 +1,6 @@
 """`python -m verifier verify / export / serve`: answers, the fast path export, and clear exit-2 errors."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -11,12 +12,21 @@ import numpy as np
 import pytest
 
 from tests.synthetic import identity_images
+from tests.test_bundle import downgrade_to_format_1
 from verifier.core import fastpath
 
 
 def run_cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "verifier", *map(str, args)], capture_output=True, text=True,
                           timeout=120, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {})))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def export_cache(tmp_path_factory):
+    """This module's own export cache, so the CLI runs leave nothing in ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(fastpath.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -80,18 +90,22 @@ def test_bad_input_is_one_clear_line_and_exit_2(case, message, calibrated_bundle
     assert message in done.stderr and "Traceback" not in done.stderr
 
 
-def test_export_writes_an_agreeing_tflite(calibrated_bundle, tmp_path):
-    bundle = tmp_path / "bundle"
+def test_export_upgrades_a_format_1_bundle_and_caches_an_agreeing_tflite(calibrated_bundle, tmp_path):
+    bundle, cache = tmp_path / "bundle", tmp_path / "cache"
     shutil.copytree(calibrated_bundle, bundle)
-    for name in (fastpath.TFLITE_FILE, fastpath.RECORD_FILE):
-        (bundle / name).unlink(missing_ok=True)
-    done = run_cli("export", "--bundle", bundle)
+    old_id = downgrade_to_format_1(bundle)
+    done = run_cli("serve", "--bundle", bundle, "--port", "9")
+    assert done.returncode == 2 and "python -m verifier export --bundle" in done.stderr
+    done = run_cli("export", "--bundle", bundle, env={fastpath.CACHE_ENV: str(cache)})
     assert done.returncode == 0, done.stderr
     assert "max abs embedding difference vs model.keras" in done.stdout
-    record = json.loads((bundle / fastpath.RECORD_FILE).read_text())
-    assert record["max_abs_diff"] <= fastpath.TOLERANCE
-    assert record["bundle_id"] == json.loads((bundle / "bundle.json").read_text())["bundle_id"]
-    assert (bundle / fastpath.TFLITE_FILE).stat().st_size > 0
+    new_id = json.loads((bundle / "bundle.json").read_text())["bundle_id"]
+    assert f"bundle id {old_id} -> {new_id}" in done.stderr
+    export = cache / "exports" / new_id
+    record = json.loads((export / fastpath.RECORD_FILE).read_text())
+    assert record["max_abs_diff"] <= fastpath.TOLERANCE and record["bundle_id"] == new_id
+    assert record["tflite_sha256"] == hashlib.sha256((export / fastpath.TFLITE_FILE).read_bytes()).hexdigest()
+    assert not (bundle / fastpath.TFLITE_FILE).exists()  # the bundle holds only what was trained
 
 
 def test_serve_refuses_a_missing_bundle(tmp_path):

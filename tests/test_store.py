@@ -104,6 +104,18 @@ def test_images_are_kept_only_when_configured(database_url):
     store = open_store(database_url, keep_images=False)
     store.add_templates("alice", "B1", vectors(1), images=[b"raw"], create=True)
     assert [row[3] for row in store.stale_templates("B2")] == [False]
+    assert store.subject_image("alice", "B1") is None
+
+
+def test_subject_image_prefers_the_bundle_then_the_first_kept(store):
+    store.create_subject("bare")
+    assert store.subject_image("bare", "B2") is None
+    store.add_templates("a", "B1", vectors(2), images=[b"old0", b"old1"], create=True)
+    store.add_templates("a", "B2", vectors(2), images=[b"new0", b"new1"])
+    assert store.subject_image("a", "B2") in (b"new0", b"new1")  # one batch: ordered by random template id
+    assert store.subject_image("a", "B3") in (b"old0", b"old1")
+    with pytest.raises(NotFound):
+        store.subject_image("ghost", "B1")
 
 
 def test_gallery_groups_rows_by_subject(store):
@@ -138,17 +150,39 @@ def test_replace_embeddings_moves_templates_to_a_new_bundle(store):
 
 
 def test_api_keys(store):
-    assert store.key_status("h") == (False, False)
+    assert store.key_status("h") == (False, False, None)
     record = store.add_key("ci", "h1")
-    assert store.key_status("h1") == (True, True) and store.key_status("h2") == (True, False)
-    assert store.key_status(None) == (True, False)
+    assert record["scope"] == "write"
+    assert store.key_status("h1") == (True, True, "write") and store.key_status("h2") == (True, True, None)
+    assert store.key_status(None) == (True, True, None)
     store.revoke_key(record["id"])
-    assert store.key_status("h1") == (False, False)
+    assert store.key_status("h1") == (True, False, None)  # auth stays enabled with no active key
     assert store.list_keys()[0]["revoked"] is not None
     with pytest.raises(NotFound):
         store.revoke_key(record["id"])
     with pytest.raises(VerifierError):
         store.add_key("  ", "h3")
+
+
+def test_api_key_scopes(store):
+    store.add_key("reader", "hr", "read")
+    assert store.key_status("hr") == (True, True, "read")
+    assert [k["scope"] for k in store.list_keys()] == ["read"]
+    with pytest.raises(VerifierError) as err:
+        store.add_key("admin", "hx", "admin")
+    assert err.value.code == "invalid_key_scope"
+
+
+def test_migration_keeps_old_keys_enabled_and_writable(database_url):
+    """A store with keys from before scopes: they become write keys, and auth counts as enabled."""
+    old = open_store(database_url, migrate=False)
+    assert old.migrate(target=3) == 3
+    with old.transaction(write=True) as tx:
+        tx.run("INSERT INTO api_keys (id, name, key_hash, created, revoked) VALUES "
+               "('k1', 'old', 'h1', '2025-01-01T00:00:00Z', '2025-02-01T00:00:00Z')")
+    assert old.migrate() == schema.LATEST
+    assert old.key_status("h1") == (True, False, None)  # revoked before the upgrade: still closed
+    assert old.list_keys()[0]["scope"] == "write"
 
 
 def test_migrates_from_an_older_schema_version(database_url):
@@ -160,7 +194,7 @@ def test_migrates_from_an_older_schema_version(database_url):
                "VALUES ('t1', 'old', 'B0', ?, '2025-01-01T00:00:00Z')", (np.ones(8, "<f4").tobytes(),))
     old.close()
     store = open_store(database_url, keep_images=True)
-    assert store.schema_version() == schema.LATEST == 3
+    assert store.schema_version() == schema.LATEST == 4
     assert store.get_subject("old")["templates_by_bundle"] == {"B0": 1}
     assert store.stale_templates("B1") == [("t1", "old", "B0", False)]
     store.add_key("after-migration", "h")
@@ -242,3 +276,30 @@ def test_sigkill_during_an_enrollment_leaves_nothing(database_url):
         store.get_subject("victim")
     store.add_templates("after", "B1", vectors(1), create=True)  # no lock left behind
     assert store.count_templates() == 1
+
+
+def test_a_missing_sqlite_file_is_never_recreated_empty(tmp_path):
+    """create=False refuses a missing file; once opened, a file moved away is not recreated by another thread."""
+    import threading
+
+    path = tmp_path / "store.db"
+    with pytest.raises(StoreUnavailable):
+        open_store(f"sqlite:///{path}", create=False)
+    assert not path.exists()
+    store = open_store(f"sqlite:///{path}")  # made on purpose
+    store.add_key("ops", "h1")
+    path.rename(tmp_path / "moved.db")
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    errors = []
+
+    def other_thread():
+        try:
+            store.key_status(None)
+        except StoreUnavailable as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join()
+    assert errors and "does not exist" in str(errors[0]) and not path.exists()

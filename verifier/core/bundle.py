@@ -1,11 +1,17 @@
 """The model bundle: a directory with the embedding tower and everything needed to use it.
 
     model.keras        the tower (the twin is the same weights applied twice)
-    bundle.json        format version, bundle id, profile, embedding size, metric, recipe
-    calibration.json   added by calibration: threshold, policy, confidence map, metrics
+    bundle.json        format version, profile, embedding size, metric, recipe, the sha256 of
+                       every other file it describes ("files"), and the bundle id: a hash of
+                       all of that, so a changed model.keras means another bundle id
+    calibration.json   added by calibration: threshold, policy, confidence map, metrics, the
+                       bundle id it was fitted for and its own content hash (calibration_id)
 
-Loading is safe (JSON and Keras `safe_mode`, no pickle) and every failure is a
-`BundleError` saying what is wrong, never a traceback from deep inside Keras.
+Loading checks all three hashes: a file changed after saving is a `BundleError` (503 when
+serving), never a model quietly compared against templates of another. Loading is safe
+(JSON and Keras `safe_mode`, no pickle) and every failure is a `BundleError` saying what is
+wrong, never a traceback from deep inside Keras. Format 1 (no file hashes) is upgraded in
+place by `upgrade_bundle` (`python -m verifier export`), which gives it a new bundle id.
 """
 
 import hashlib
@@ -19,7 +25,7 @@ from verifier.core.errors import BundleError
 from verifier.core.files import replace_with, write_json_atomic
 from verifier.core.profiles import Profile
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MODEL_FILE = "model.keras"
 META_FILE = "bundle.json"
 CALIBRATION_FILE = "calibration.json"
@@ -36,6 +42,28 @@ def _digest(*chunks):
 
 def _canonical(data):
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def file_sha256(path):
+    """The sha256 of a file, read in 1 MiB chunks."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def derive_bundle_id(meta):
+    """The bundle id: a hash of bundle.json's content (file hashes included) without the id itself."""
+    return _digest(_canonical({key: value for key, value in meta.items() if key != "bundle_id"}))
+
+
+def _sealed_calibration(calibration, bundle_id):
+    """`calibration` tagged with `bundle_id` and its content hash as calibration_id."""
+    data = dict(calibration, bundle_id=bundle_id)
+    data.pop("calibration_id", None)
+    data["calibration_id"] = _digest(_canonical(data))
+    return data
 
 
 def _read_json(path, what):
@@ -78,8 +106,9 @@ def save_bundle(out_dir, model, *, profile, metric, recipe):
         "metric": metric,
         "recipe": recipe,
         "versions": library_versions(),
+        "files": {MODEL_FILE: file_sha256(model_path)},
     }
-    meta["bundle_id"] = _digest(model_path.read_bytes(), _canonical(meta))
+    meta["bundle_id"] = derive_bundle_id(meta)
     write_json_atomic(out / META_FILE, meta)
     return meta["bundle_id"]
 
@@ -93,12 +122,36 @@ def read_meta(bundle_dir):
     missing = [key for key in REQUIRED_KEYS if key not in meta]
     if missing:
         raise BundleError(f"bundle.json lacks {', '.join(missing)} ({path})")
+    if meta["format_version"] == 1:
+        raise BundleError(f"bundle format 1 records no file hashes ({path}): upgrade it in place with "
+                          f"`python -m verifier export --bundle {path}` (it gets a new bundle id)")
     if meta["format_version"] != FORMAT_VERSION:
         raise BundleError(f"bundle format {meta['format_version']} is not supported "
                           f"(this verifier reads format {FORMAT_VERSION}); retrain or upgrade")
     if meta["metric"] not in METRICS:
         raise BundleError(f"bundle metric {meta['metric']!r} is not one of {', '.join(METRICS)}")
+    files = meta.get("files")
+    if not isinstance(files, dict) or MODEL_FILE not in files:
+        raise BundleError(f"bundle.json lacks the sha256 of {MODEL_FILE} ({path})")
+    if derive_bundle_id(meta) != meta["bundle_id"]:
+        raise BundleError(f"bundle.json was edited: its bundle_id {meta['bundle_id']} does not match its "
+                          f"content ({derive_bundle_id(meta)}); save or upgrade the bundle again")
     return meta
+
+
+def check_files(bundle_dir, meta):
+    """Every file bundle.json lists is present and has its recorded sha256 (BundleError if not)."""
+    for name, recorded in meta["files"].items():
+        path = Path(bundle_dir) / name
+        try:
+            actual = file_sha256(path)
+        except FileNotFoundError:
+            raise BundleError(f"{name} is missing: {path}") from None
+        except OSError as exc:
+            raise BundleError(f"{name} cannot be read ({path}): {exc.strerror}") from None
+        if actual != recorded:
+            raise BundleError(f"{name} does not match the sha256 in bundle.json: it was changed or replaced "
+                              f"after bundle {meta['bundle_id']} was saved ({path})")
 
 
 def read_calibration(bundle_dir):
@@ -115,12 +168,36 @@ def read_calibration(bundle_dir):
 
 def write_calibration(bundle_dir, calibration):
     """Store a calibration in the bundle with an id that hashes its content; returns the id."""
-    meta = read_meta(bundle_dir)
-    data = dict(calibration, bundle_id=meta["bundle_id"])
-    data.pop("calibration_id", None)
-    data["calibration_id"] = _digest(_canonical(data))
+    data = _sealed_calibration(calibration, read_meta(bundle_dir)["bundle_id"])
     write_json_atomic(Path(bundle_dir) / CALIBRATION_FILE, data)
     return data["calibration_id"]
+
+
+def upgrade_bundle(bundle_dir):
+    """Upgrade a format-1 bundle in place (file hashes, a new id, calibration re-tagged); no retraining.
+
+    Returns (old id, new id), or None when the bundle is already current. The old id is checked
+    against model.keras first, so only the model it was made with is sealed.
+    """
+    path = Path(bundle_dir)
+    meta = _read_json(path / META_FILE, "bundle.json")
+    if meta.get("format_version") != 1:
+        return None
+    old_id = meta.get("bundle_id")
+    try:
+        model_bytes = (path / MODEL_FILE).read_bytes()
+    except OSError as exc:
+        raise BundleError(f"cannot read {path / MODEL_FILE}: {exc.strerror}") from None
+    if _digest(model_bytes, _canonical({k: v for k, v in meta.items() if k != "bundle_id"})) != old_id:
+        raise BundleError(f"model.keras or bundle.json changed since bundle {old_id} was saved ({path}): "
+                          "not upgrading it; retrain or restore the original files")
+    new = dict(meta, format_version=FORMAT_VERSION, files={MODEL_FILE: hashlib.sha256(model_bytes).hexdigest()})
+    new["bundle_id"] = derive_bundle_id(new)
+    calibration = read_calibration(path)
+    if calibration is not None and calibration["bundle_id"] in (old_id, new["bundle_id"]):
+        write_json_atomic(path / CALIBRATION_FILE, _sealed_calibration(calibration, new["bundle_id"]))
+    write_json_atomic(path / META_FILE, new)  # last: a rerun after a crash starts over
+    return old_id, new["bundle_id"]
 
 
 def load_model(bundle_dir, meta):
@@ -128,8 +205,6 @@ def load_model(bundle_dir, meta):
     import keras
 
     path = Path(bundle_dir) / MODEL_FILE
-    if not path.exists():
-        raise BundleError(f"model.keras is missing: {path}")
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a broken archive
@@ -170,13 +245,18 @@ class Bundle:
 
 
 def load_bundle(bundle_dir, *, with_model=True):
-    """Read a bundle directory; `with_model=False` skips TensorFlow entirely."""
+    """Read a bundle directory and check its hashes; `with_model=False` skips TensorFlow entirely."""
     path = Path(bundle_dir)
     meta = read_meta(path)
+    check_files(path, meta)
     bundle = Bundle(path=path, meta=meta, calibration=read_calibration(path))
     if bundle.calibration_stale:
         raise BundleError(f"calibration.json belongs to bundle {bundle.calibration['bundle_id']}, "
                           f"not {bundle.bundle_id}: recalibrate")
+    if bundle.calibration is not None and \
+            _sealed_calibration(bundle.calibration, bundle.bundle_id) != bundle.calibration:
+        raise BundleError("calibration.json was edited after it was written (its calibration_id does not "
+                          "match its content): recalibrate")
     if with_model:
         bundle.model = load_model(path, meta)
     return bundle

@@ -1,17 +1,21 @@
 """The serving fast path: a TFLite export of model.keras, checked against it, run per thread.
 
-`export_tflite` (needs TensorFlow) freezes the tower's fixed-signature concrete function,
+`build_export` (needs TensorFlow) freezes the tower's fixed-signature concrete function,
 converts it with `tf.lite.TFLiteConverter`, runs model.keras and the export on a few
-seeded probe inputs and writes, next to model.keras:
+seeded probe inputs, and `write_export` writes into a cache directory of its own per bundle
+id (`export_dir`: $VERIFIER_CACHE_DIR, else ~/.cache/verifier, then exports/<bundle id>/),
+never into the bundle, which serving only reads:
 
     model.tflite        the converted tower
-    model.tflite.json   bundle id and model.keras hash it was made from, the probe seed,
+    model.tflite.json   bundle id, model.keras and model.tflite hashes, the probe seed,
                         model.keras's embeddings of the probes, and the max difference
 
 A serving worker then needs no TensorFlow at all when LiteRT (`ai_edge_litert`) is
 installed: it runs the probes through the export and compares them with model.keras's
-recorded embeddings, which the model.keras hash ties to the file on disk. Without LiteRT
-it falls back to `tf.lite.Interpreter`, which works the same but imports TensorFlow.
+recorded embeddings, which the model.keras hash ties to the bundle. An export whose
+model.tflite does not hash to its record (substituted, half-copied) is never served: it is
+rebuilt. Without LiteRT it falls back to `tf.lite.Interpreter`, which works the same but
+imports TensorFlow.
 
 A conversion that goes wrong does not fail loudly: exporting the un-frozen function
 converts "fine" and then reads uninitialised variables (NaN embeddings). The agreement
@@ -20,6 +24,8 @@ check is what catches such a thing.
 
 import hashlib
 import json
+import logging
+import os
 import threading
 import warnings
 from pathlib import Path
@@ -36,6 +42,9 @@ TOLERANCE = 1e-4  # max abs embedding difference accepted between the export and
 PROBE_COUNT = 4
 PROBE_SEED = 0
 BATCH_SIZE = 64
+CACHE_ENV = "VERIFIER_CACHE_DIR"
+
+log = logging.getLogger(__name__)
 
 
 def probe_inputs(profile, count=PROBE_COUNT, seed=PROBE_SEED):
@@ -44,13 +53,16 @@ def probe_inputs(profile, count=PROBE_COUNT, seed=PROBE_SEED):
     return (rng.random((count,) + profile.input_shape) * 4.0 - 2.0).astype(np.float32)
 
 
-def model_sha256(bundle_dir):
-    """Hash of model.keras, so a record is known to describe this very file."""
-    sha = hashlib.sha256()
-    with open(Path(bundle_dir) / MODEL_FILE, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
+def cache_root():
+    """Where exports are cached: $VERIFIER_CACHE_DIR, else $XDG_CACHE_HOME/verifier or ~/.cache/verifier."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "verifier"
+
+
+def export_dir(bundle, cache_dir=None):
+    """The directory of `bundle`'s export: one per bundle id, so exports of two models never mix."""
+    return Path(cache_dir or cache_root()) / "exports" / bundle.bundle_id
 
 
 def max_difference(a, b):
@@ -81,7 +93,8 @@ def build_export(bundle):
     reference = np.asarray(model(probes, training=False), dtype=np.float32)
     record = {
         "bundle_id": bundle.bundle_id,
-        "model_sha256": model_sha256(bundle.path),
+        "model_sha256": bundle.meta["files"][MODEL_FILE],  # checked against the file by load_bundle
+        "tflite_sha256": hashlib.sha256(data).hexdigest(),
         "probe_seed": PROBE_SEED,
         "probe_count": PROBE_COUNT,
         "reference": reference.tolist(),
@@ -92,24 +105,34 @@ def build_export(bundle):
     return data, record
 
 
-def write_export(bundle_dir, data, record):
-    """Write model.tflite then its record (the record last, so a reader never pairs old and new)."""
-    out = Path(bundle_dir)
+def write_export(out_dir, data, record):
+    """Write model.tflite then its record into `out_dir` (made if missing); returns the .tflite path.
+
+    The record goes last, and names the .tflite's hash, so a reader never pairs old and new.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out / TFLITE_FILE, data)
     write_json_atomic(out / RECORD_FILE, record)
+    return out / TFLITE_FILE
 
 
-def read_export(bundle):
-    """(tflite bytes, record) when a current export sits in the bundle, else None."""
-    path = Path(bundle.path)
+def read_export(bundle, cache_dir=None):
+    """(tflite bytes, record) when `bundle`'s cache holds a current, intact export, else None."""
+    path = export_dir(bundle, cache_dir)
     try:
         record = json.loads((path / RECORD_FILE).read_text())
         data = (path / TFLITE_FILE).read_bytes()
     except (OSError, ValueError):
         return None
-    current = (isinstance(record, dict) and record.get("bundle_id") == bundle.bundle_id
-               and record.get("model_sha256") == model_sha256(path))
-    return (data, record) if current else None
+    if not (isinstance(record, dict) and record.get("bundle_id") == bundle.bundle_id
+            and record.get("model_sha256") == bundle.meta["files"][MODEL_FILE]):
+        return None
+    if record.get("tflite_sha256") != hashlib.sha256(data).hexdigest():
+        log.warning("%s does not match the sha256 in %s (substituted or damaged): not served, rebuilding",
+                    path / TFLITE_FILE, RECORD_FILE)
+        return None
+    return data, record
 
 
 def check_agreement(embedder, record, profile):

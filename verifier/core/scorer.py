@@ -3,9 +3,10 @@
 Used by the HTTP API, the CLI and enrollment. Loading picks the fastest path that agrees
 with model.keras:
 
-1. the bundle's TFLite export (`model.tflite`, see `verifier.core.fastpath`), built and written
-   into the bundle first if it is missing or stale (kept in memory if the bundle is
-   read-only), checked on probe inputs against model.keras's embeddings;
+1. the bundle's TFLite export (`model.tflite`, see `verifier.core.fastpath`), read from the
+   export cache (never the bundle) and built and cached first if it is missing, stale or
+   does not match its hash (kept in memory if the cache is read-only), checked on probe
+   inputs against model.keras's embeddings;
 2. otherwise, or if that check fails, the fixed-signature `tf.function` Embedder.
 
 `model.predict` is never used. Decisions come only from calibration.json: an uncalibrated
@@ -60,14 +61,17 @@ class Scorer:
         self.warm = False
 
     @classmethod
-    def from_bundle(cls, path, *, backend="auto", write_export=True):
-        """Load a bundle directory; `backend` "auto" prefers TFLite and falls back to tf.function."""
+    def from_bundle(cls, path, *, backend="auto", write_export=True, cache_dir=None):
+        """Load a bundle directory (its hashes checked); `backend` "auto" prefers TFLite, else tf.function.
+
+        The export is read from, and written to, `cache_dir` (default: `fastpath.cache_root()`).
+        """
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
         bundle = load_bundle(path, with_model=False)
         if backend != "tf.function":
             try:
-                return cls._tflite(bundle, write_export)
+                return cls._tflite(bundle, write_export, cache_dir)
             except Exception as exc:  # any failure of the fast path leaves the safe one
                 if backend == "tflite":
                     raise
@@ -78,17 +82,18 @@ class Scorer:
         return cls(bundle, Embedder.from_bundle(bundle), backend="tf.function")
 
     @classmethod
-    def _tflite(cls, bundle, write_export):
-        export = fastpath.read_export(bundle)
+    def _tflite(cls, bundle, write_export, cache_dir):
+        export = fastpath.read_export(bundle, cache_dir)
         if export is None:
             bundle.model = load_model(bundle.path, bundle.meta)
             export = fastpath.build_export(bundle)
             if write_export:
+                out = fastpath.export_dir(bundle, cache_dir)
                 try:
-                    fastpath.write_export(bundle.path, *export)
+                    fastpath.write_export(out, *export)
                 except OSError as exc:
                     log.warning("could not write %s into %s (%s); keeping it in memory",
-                                fastpath.TFLITE_FILE, bundle.path, exc)
+                                fastpath.TFLITE_FILE, out, exc)
         data, record = export
         embedder = fastpath.TFLiteEmbedder(data)
         diff = fastpath.check_agreement(embedder, record, bundle.profile)

@@ -7,8 +7,11 @@ not at all, even when the process is killed in the middle. Every write that chan
 the templates also bumps `store_state.version` (and `removals` when rows go away or
 change), which per-worker caches compare against; new templates carry the version of the
 transaction that wrote them, so a cache can fetch just the rows it has not seen.
+A constraint the database enforces answers 409 (`IntegrityConflict`), a database that fails
+503 (`StoreUnavailable`); a read whose open connection broke runs once more (`retried_read`).
 """
 
+import functools
 import json
 import os
 import re
@@ -20,7 +23,8 @@ from datetime import datetime, timezone
 import numpy as np
 
 from verifier.core.errors import VerifierError
-from verifier.enrollment.store.errors import Conflict, NotFound, StoreUnavailable
+from verifier.enrollment.store.errors import (Conflict, ConnectionLost, IntegrityConflict, NotFound,
+                                              StoreUnavailable, log)
 from verifier.enrollment.store.schema import LATEST, migrate as migrate_schema
 
 SUBJECT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
@@ -28,6 +32,7 @@ SUBJECT_ID = re.compile(SUBJECT_ID_PATTERN)
 MAX_METADATA_BYTES = 16 * 1024
 PAGE_SIZE = 50  # subjects per page unless asked otherwise
 MAX_PAGE = 1000
+KEY_SCOPES = ("read", "write")  # write implies read
 
 
 def now():
@@ -72,6 +77,22 @@ def embedding_matrix(blobs):
     if not blobs:
         return np.zeros((0, 0), dtype=np.float32)
     return np.frombuffer(b"".join(bytes(b) for b in blobs), dtype="<f4").reshape(len(blobs), -1)
+
+
+def retried_read(method):
+    """An idempotent read, run once more (on a new connection) when the connection it used broke.
+
+    Only reads: a write whose connection broke may have committed, so it answers 503 instead.
+    """
+
+    @functools.wraps(method)
+    def read(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except ConnectionLost:
+            return method(self, *args, **kwargs)
+
+    return read
 
 
 class Tx:
@@ -126,6 +147,11 @@ class SqlStore:
         """Where the data lives, without secrets (for messages and /readyz)."""
         raise NotImplementedError
 
+    @staticmethod
+    def _lost(conn):
+        """Whether `conn` broke (its server went away) rather than refused one statement."""
+        return False
+
     # -- connections and transactions --------------------------------------------------
 
     def _connection(self):
@@ -155,9 +181,14 @@ class SqlStore:
         try:
             with self._begin(conn, write, exclusive) as cursor:
                 yield Tx(cursor, self.placeholder)
+        except self.integrity_errors as exc:  # before connection_errors: SQLite's is a DatabaseError
+            log.warning("store %s refused a write: %s", self.describe(), exc)
+            raise IntegrityConflict("the change conflicts with what is stored (a duplicate or a missing row)") from None
         except self.connection_errors as exc:
+            error = ConnectionLost if self._lost(conn) else StoreUnavailable
             self._drop_connection()
-            raise StoreUnavailable(f"store {self.describe()} failed: {exc}".strip()) from None
+            raise error("the database failed or timed out",
+                        detail=f"store {self.describe()} failed: {exc}".strip()) from None
 
     def close(self):
         """Close this thread's connection (others close when their threads end)."""
@@ -170,10 +201,12 @@ class SqlStore:
         with self.transaction(write=True, exclusive=True) as tx:
             version = migrate_schema(tx, self.blob_type, target)
         if version > LATEST:
-            raise StoreUnavailable(f"store {self.describe()} has schema version {version}, newer than "
-                                   f"this verifier understands ({LATEST}): upgrade the verifier")
+            raise StoreUnavailable("its schema is newer than this verifier",
+                                   detail=f"store {self.describe()} has schema version {version}, newer than "
+                                          f"this verifier understands ({LATEST}): upgrade the verifier")
         return version
 
+    @retried_read
     def schema_version(self):
         with self.transaction() as tx:
             return tx.one("SELECT version FROM schema_version")[0]
@@ -182,6 +215,7 @@ class SqlStore:
         """The change counter: it moves whenever templates are added, changed or deleted."""
         return self.state()[0]
 
+    @retried_read
     def state(self):
         """(version, removals): the change counter and the count of changes that removed rows."""
         with self.transaction() as tx:
@@ -209,6 +243,7 @@ class SqlStore:
         return {"id": subject_id, "metadata": json.loads(text), "created": created, "template_count": 0,
                 "templates_by_bundle": {}}
 
+    @retried_read
     def get_subject(self, subject_id):
         """A subject with its template counts per bundle; NotFound when absent."""
         with self.transaction() as tx:
@@ -221,6 +256,7 @@ class SqlStore:
         return {"id": row[0], "metadata": json.loads(row[1]), "created": row[2],
                 "template_count": sum(by_bundle.values()), "templates_by_bundle": by_bundle}
 
+    @retried_read
     def list_subjects(self, limit=PAGE_SIZE, after=None):
         """One page of subjects in id order after the id `after`; returns (subjects, next_after, total)."""
         check_page_limit(limit)
@@ -275,10 +311,11 @@ class SqlStore:
                 for row in rows:
                     tx.run("INSERT INTO templates (id, subject_id, bundle_id, embedding, image, created, "
                            "added_version) VALUES (?, ?, ?, ?, ?, ?, ?)", row + (version,))
-        except self.integrity_errors:  # the subject was deleted between the check and the insert
+        except IntegrityConflict:  # the subject was deleted between the check and the insert
             raise NotFound(f"subject {subject_id!r} not found", code="subject_not_found") from None
         return ids
 
+    @retried_read
     def subject_embeddings(self, subject_id):
         """{bundle_id: (K, D) float32} for one subject, read in one statement; NotFound when absent."""
         with self.transaction() as tx:
@@ -294,6 +331,7 @@ class SqlStore:
                 grouped.setdefault(bundle_id, []).append(blob)
         return {bundle_id: embedding_matrix(blobs) for bundle_id, blobs in grouped.items()}
 
+    @retried_read
     def gallery(self, bundle_id, after=-1, upto=None):
         """One bundle's templates written at versions in (after, upto], as (subject ids, (M, D) embeddings).
 
@@ -308,12 +346,14 @@ class SqlStore:
                           (bundle_id, after, upto))
         return [r[0] for r in rows], embedding_matrix([r[1] for r in rows])
 
+    @retried_read
     def count_templates(self, bundle_id=None):
         with self.transaction() as tx:
             if bundle_id is None:
                 return int(tx.one("SELECT COUNT(*) FROM templates")[0])
             return int(tx.one("SELECT COUNT(*) FROM templates WHERE bundle_id = ?", (bundle_id,))[0])
 
+    @retried_read
     def stale_templates(self, bundle_id):
         """Templates made by another bundle: [(template id, subject id, its bundle, has image)]."""
         with self.transaction() as tx:
@@ -321,6 +361,7 @@ class SqlStore:
                           "WHERE bundle_id <> ? ORDER BY subject_id, id", (bundle_id,))
         return [(r[0], r[1], r[2], bool(r[3])) for r in rows]
 
+    @retried_read
     def template_images(self, template_ids):
         """{template id: kept image bytes} for the given ids that kept one."""
         if not template_ids:
@@ -330,6 +371,22 @@ class SqlStore:
             rows = tx.all(f"SELECT id, image FROM templates WHERE id IN ({marks}) AND image IS NOT NULL",
                           tuple(template_ids))
         return {r[0]: bytes(r[1]) for r in rows}
+
+    @retried_read
+    def subject_image(self, subject_id, bundle_id):
+        """A subject's first kept image, preferring `bundle_id`'s templates; None when none is kept.
+
+        NotFound when the subject is absent. Only the chosen row's image is read.
+        """
+        with self.transaction() as tx:
+            row = tx.one("SELECT s.id, (SELECT t.id FROM templates t WHERE t.subject_id = s.id "
+                         "AND t.image IS NOT NULL ORDER BY CASE WHEN t.bundle_id = ? THEN 0 ELSE 1 END, "
+                         "t.added_version, t.id LIMIT 1) FROM subjects s WHERE s.id = ?", (bundle_id, subject_id))
+            if row is None:
+                raise NotFound(f"subject {subject_id!r} not found", code="subject_not_found")
+            if row[1] is None:
+                return None
+            return bytes(tx.one("SELECT image FROM templates WHERE id = ?", (row[1],))[0])
 
     def replace_embeddings(self, bundle_id, updates):
         """Re-tag templates with a new bundle's embeddings, all in one transaction.
@@ -348,21 +405,27 @@ class SqlStore:
 
     # -- API keys ----------------------------------------------------------------------
 
-    def add_key(self, name, key_hash):
-        """Store a key's hash under a new id; returns the key record (never the key)."""
+    def add_key(self, name, key_hash, scope="write"):
+        """Store a key's hash under a new id and mark auth enabled for good; returns its record (never the key)."""
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             raise VerifierError("a key needs a name of 1-200 characters", code="invalid_key_name")
+        if scope not in KEY_SCOPES:
+            raise VerifierError(f"a key's scope is one of {', '.join(KEY_SCOPES)}, got {scope!r}",
+                                code="invalid_key_scope")
         key_id = uuid.uuid4().hex[:12]
         created = now()
         with self.transaction(write=True) as tx:
-            tx.run("INSERT INTO api_keys (id, name, key_hash, created) VALUES (?, ?, ?, ?)",
-                   (key_id, name, key_hash, created))
-        return {"id": key_id, "name": name, "created": created, "revoked": None}
+            tx.run("INSERT INTO api_keys (id, name, key_hash, created, scope) VALUES (?, ?, ?, ?, ?)",
+                   (key_id, name, key_hash, created, scope))
+            tx.run("INSERT INTO store_meta (name, value) VALUES ('auth_enabled', ?) ON CONFLICT (name) DO NOTHING",
+                   (created,))
+        return {"id": key_id, "name": name, "scope": scope, "created": created, "revoked": None}
 
+    @retried_read
     def list_keys(self):
         with self.transaction() as tx:
-            rows = tx.all("SELECT id, name, created, revoked FROM api_keys ORDER BY created, id")
-        return [{"id": r[0], "name": r[1], "created": r[2], "revoked": r[3]} for r in rows]
+            rows = tx.all("SELECT id, name, scope, created, revoked FROM api_keys ORDER BY created, id")
+        return [{"id": r[0], "name": r[1], "scope": r[2], "created": r[3], "revoked": r[4]} for r in rows]
 
     def revoke_key(self, key_id):
         """Mark a key revoked (kept for the record); NotFound when no active key has that id."""
@@ -371,9 +434,11 @@ class SqlStore:
             if tx.rowcount != 1:
                 raise NotFound(f"no active API key with id {key_id!r}", code="key_not_found")
 
+    @retried_read
     def key_status(self, key_hash):
-        """(whether any active key exists, whether `key_hash` is one of them), in one statement."""
+        """(auth ever enabled, any active key, the scope of the active key `key_hash` or None), in one statement."""
         with self.transaction() as tx:
-            row = tx.one("SELECT COUNT(*), COALESCE(SUM(CASE WHEN key_hash = ? THEN 1 ELSE 0 END), 0) "
-                         "FROM api_keys WHERE revoked IS NULL", (key_hash or "",))
-        return int(row[0]) > 0, int(row[1]) > 0
+            row = tx.one("SELECT (SELECT COUNT(*) FROM store_meta WHERE name = 'auth_enabled'), "
+                         "(SELECT COUNT(*) FROM api_keys WHERE revoked IS NULL), "
+                         "(SELECT scope FROM api_keys WHERE key_hash = ? AND revoked IS NULL)", (key_hash or "",))
+        return int(row[0]) > 0, int(row[1]) > 0, row[2]

@@ -45,6 +45,15 @@ MIGRATIONS = (
         "ALTER TABLE store_state ADD COLUMN removals BIGINT NOT NULL DEFAULT 0",
         "CREATE INDEX templates_bundle_added ON templates (bundle_id, added_version)",
     ),
+    # 4: key scopes (keys made before scopes could do everything: write) and a settings row
+    #    `auth_enabled`, written with the first key and never removed, so revoking the last
+    #    key leaves the protected routes closed instead of reopening them.
+    (
+        "ALTER TABLE api_keys ADD COLUMN scope TEXT NOT NULL DEFAULT 'write'",
+        "CREATE TABLE store_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "INSERT INTO store_meta (name, value) SELECT 'auth_enabled', created FROM api_keys "
+        "ORDER BY created LIMIT 1",
+    ),
 )
 
 LATEST = len(MIGRATIONS)
