@@ -1,6 +1,9 @@
 # The verification service: gunicorn serving `python -m verifier serve` on port 8000.
-#   docker build -t verifier . && docker run -p 8000:8000 verifier
-# The image serves the bundle in bundles/default (present in the build context).
+#   docker build -t verifier .
+#   docker run --rm -v verifier-data:/data verifier python -m verifier keys create --name ops   # prints the key once
+#   docker run -p 8000:8000 -v verifier-data:/data verifier
+# It binds 0.0.0.0, so `serve` refuses to start until the store on /data holds an API key
+# (and refuses a missing store: a volume not mounted). The image serves bundles/default.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -22,7 +25,8 @@ COPY --chown=verifier:verifier . .
 RUN pip install --no-deps .
 USER verifier
 
-# Export the TFLite fast path now (checked against model.keras), so workers never convert at start.
+# Export the TFLite fast path now (checked against model.keras) into the export cache
+# (~verifier/.cache/verifier/exports/<bundle id>, not the bundle), so workers never convert at start.
 RUN if [ -f bundles/default/bundle.json ]; then python -m verifier export --bundle bundles/default; fi
 
 EXPOSE 8000

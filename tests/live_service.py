@@ -70,7 +70,7 @@ def running_service(bundle, log_path, env=None, timeout=120):
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "verifier", "serve", "--bundle", str(bundle), "--port", str(port),
-             "--workers", "2", "--threads", "2"], env=env, stdout=log, stderr=subprocess.STDOUT,
+             "--workers", "2", "--threads", "2", "--create-store"], env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
     client = Client(port)
     client.log_path = log_path
@@ -89,7 +89,8 @@ def running_service(bundle, log_path, env=None, timeout=120):
             time.sleep(0.2)
         yield client
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited already (a bad start)
+            os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:

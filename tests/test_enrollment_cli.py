@@ -101,7 +101,20 @@ def test_keys_in_a_separate_process(tmp_path):
     assert created.returncode == 0 and key.startswith("vk_") and "shown only now" in created.stderr
     listed = json.loads(verifier("keys", "list").stdout)["keys"]
     assert [k["name"] for k in listed] == ["ops"] and key not in json.dumps(listed)
-    assert open_store(env["DATABASE_URL"]).key_status(None) == (True, False)
+    assert open_store(env["DATABASE_URL"]).key_status(None) == (True, True, None)
     assert verifier("keys", "revoke", listed[0]["id"]).returncode == 0
     again = verifier("keys", "revoke", listed[0]["id"])
     assert again.returncode == 2 and "no active API key" in again.stderr
+    assert open_store(env["DATABASE_URL"]).key_status(None) == (True, False, None)  # auth stays on
+
+
+def test_keys_create_takes_a_name_and_a_scope(cli):
+    code, out, err = cli("keys", "create", "reader", "--scope", "read")
+    assert code == 0 and out.startswith("vk_") and "scope read" in err
+    assert cli("keys", "create", "--name", "ops")[0] == 0
+    listed = json.loads(cli("keys", "list")[1])["keys"]
+    assert [(k["name"], k["scope"]) for k in listed] == [("reader", "read"), ("ops", "write")]
+    code, _, err = cli("keys", "create")
+    assert code == 2 and "needs one name" in err
+    with pytest.raises(SystemExit):  # argparse: an unknown scope is a usage error
+        cli("keys", "create", "x", "--scope", "admin")

@@ -30,7 +30,7 @@ CHECKED = set()  # operationIds whose responses were validated
 def app(tmp_path_factory, fusion_bundle, scorer):
     database = tmp_path_factory.mktemp("contract") / "store.db"
     app = create_app({"VERIFIER_BUNDLE": str(fusion_bundle), "DATABASE_URL": f"sqlite:///{database}",
-                      "TESTING": True, "MAX_BATCH_PAIRS": 4, "MAX_CONTENT_LENGTH": 2_000_000})
+                      "TESTING": True, "MAX_BATCH_PAIRS": 4, "MAX_CONTENT_LENGTH": 2_000_000, "KEEP_IMAGES": True})
     scorer_holder(app).scorer = scorer.warm_up() if not scorer.warm else scorer
     yield app
     enrollment(app).close()
@@ -182,6 +182,8 @@ def test_subjects(api):
     assert api.get("/v1/subjects?limit=0", 400)["error"]["code"] == "invalid_option"
     assert api.get("/v1/subjects/alice", 200)["current_templates"] == 0
     assert api.get("/v1/subjects/nobody", 404)["error"]["code"] == "subject_not_found"
+    assert api.get("/v1/subjects/alice/thumbnail", 404)["error"]["code"] == "no_image"  # no templates yet
+    assert api.get("/v1/subjects/nobody/thumbnail", 404)["error"]["code"] == "subject_not_found"
     assert api.delete("/v1/subjects/alice", 200) == {"id": "alice", "deleted": True}
     assert api.delete("/v1/subjects/alice", 404)["error"]["code"] == "subject_not_found"
 
@@ -192,6 +194,7 @@ def test_enroll_verify_identify(api, faces):
         assert api.post(f"/v1/subjects/{name}/templates", 201, data=files("image", *faces[name][:2]))["enrolled"] == 2
     api.post("/v1/subjects/id00/templates", 201, json={"image": [b64(faces["id00"][2])]})
     api.post("/v1/subjects/id00/templates", 201, json={"image": b64(faces["id00"][2])})
+    assert api.get("/v1/subjects/id00/thumbnail", 200) is None  # image/jpeg, as documented
     partial = api.post("/v1/subjects/id01/templates", 201, data=files("image", faces["id01"][2], png_bytes(BLANK)))
     assert partial["failure_to_enrol"] == 1
     body = api.post("/v1/subjects/id00/verify", 200, data=files("image", faces["id00"][3]))
@@ -240,14 +243,39 @@ def test_api_keys_make_every_enrollment_route_401(app, api):
         key, record = create_key(get_store(), "contract")
     try:
         for method, path in (("get", "/v1/subjects"), ("post", "/v1/subjects"), ("get", "/v1/subjects/x"),
-                             ("delete", "/v1/subjects/x"), ("post", "/v1/subjects/x/templates"),
-                             ("post", "/v1/subjects/x/verify"), ("post", "/v1/identify")):
+                             ("get", "/v1/subjects/x/thumbnail"), ("delete", "/v1/subjects/x"),
+                             ("post", "/v1/subjects/x/templates"), ("post", "/v1/subjects/x/verify"),
+                             ("post", "/v1/identify")):
             answer = api.call(method, path, 401, json={"id": "x"}, headers={"X-API-Key": "vk_wrong"})
             assert answer["error"]["code"] == "unauthorized"
         api.get("/v1/subjects", 200, headers={"X-API-Key": key})
     finally:
         with app.app_context():
             get_store().revoke_key(record["id"])
+
+
+def test_keys_answer_401_on_verify_and_metrics_and_403_for_a_read_key(tmp_path, fusion_bundle, scorer, spec, faces):
+    """VERIFIER_PROTECT=all (the default): verify and /metrics need a key too; a read key cannot write."""
+    app = create_app({"VERIFIER_BUNDLE": str(fusion_bundle), "TESTING": True,
+                      "DATABASE_URL": f"sqlite:///{tmp_path / 'keys.db'}"})
+    scorer_holder(app).scorer = scorer
+    api = Api(app, spec)
+    with app.app_context():
+        reader, record = create_key(get_store(), "reader", "read")
+    pair = {"image_a": b64(faces["id00"][0]), "image_b": b64(faces["id01"][0])}
+    assert api.post("/v1/verify", 401, json=pair)["error"]["code"] == "unauthorized"
+    assert api.post("/v1/verify/batch", 401, json=pair, headers={"X-API-Key": "vk_wrong"})["error"]["code"] == \
+        "unauthorized"
+    assert api.get("/metrics", 401)["error"]["code"] == "unauthorized"
+    api.post("/v1/verify", 200, json=pair, headers={"X-API-Key": reader})
+    for method, path in (("post", "/v1/subjects"), ("delete", "/v1/subjects/x"), ("post", "/v1/subjects/x/templates")):
+        answer = api.call(method, path, 403, json={"id": "x"}, headers={"X-API-Key": reader})
+        assert answer["error"]["code"] == "forbidden"
+    with app.app_context():
+        get_store().revoke_key(record["id"])
+    closed = api.post("/v1/verify", 401, json=pair, headers={"X-API-Key": reader})  # the last key: still closed
+    assert closed["error"]["message"].startswith("no active API key")
+    enrollment(app).close()
 
 
 def test_unreachable_store_is_503(tmp_path, fusion_bundle, scorer, spec):

@@ -3,6 +3,7 @@
 import base64
 import io
 
+import cv2
 import numpy as np
 import pytest
 
@@ -187,6 +188,31 @@ def test_bundle_mismatch_is_409(client, app, faces):
     assert client.get("/v1/subjects/legacy").get_json()["needs_reenrollment"] is True
 
 
+def test_thumbnail_is_a_small_jpeg_of_a_kept_image(database_url, fusion_bundle, scorer, faces):
+    app = create_app({"VERIFIER_BUNDLE": str(fusion_bundle), "DATABASE_URL": database_url, "TESTING": True,
+                      "KEEP_IMAGES": True})
+    scorer_holder(app).scorer = scorer
+    client = app.test_client()
+    client.post("/v1/subjects", json={"id": "alice"})
+    response = client.get("/v1/subjects/alice/thumbnail")
+    assert response.status_code == 404 and error_code(response) == "no_image"
+    large = np.kron(faces["id00"][0], np.ones((4, 4, 1), np.uint8))  # 224x184
+    assert client.post("/v1/subjects/alice/templates", **upload(large)).status_code == 201
+    response = client.get("/v1/subjects/alice/thumbnail")
+    assert response.status_code == 200 and response.mimetype == "image/jpeg"
+    assert response.headers["Cache-Control"].startswith("private, max-age=")
+    thumbnail = cv2.imdecode(np.frombuffer(response.data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert thumbnail.shape[:2] == (128, 105)  # longest side 128, aspect kept
+    enrollment(app).close()
+
+
+def test_thumbnail_without_kept_images_says_how_to_keep_them(client, faces):
+    enroll(client, faces, ["id00"], per=1)
+    body = client.get("/v1/subjects/id00/thumbnail").get_json()["error"]
+    assert body["code"] == "no_image" and "VERIFIER_KEEP_IMAGES=1" in body["message"]
+    assert error_code(client.get("/v1/subjects/ghost/thumbnail")) == "subject_not_found"
+
+
 def test_identify(client, faces):
     enroll(client, faces)
     body = client.post("/v1/identify", **upload(faces["id01"][0], top_k="2")).get_json()
@@ -219,14 +245,16 @@ def test_api_keys_lock_the_enrollment_routes(client, app, faces):
     key, record = create_key(store, "ops")
     for headers in ({}, {"X-API-Key": "vk_wrong"}):
         for method, path in (("get", "/v1/subjects"), ("post", "/v1/subjects"), ("get", "/v1/subjects/x"),
-                             ("delete", "/v1/subjects/x"), ("post", "/v1/subjects/x/templates"),
-                             ("post", "/v1/subjects/x/verify"), ("post", "/v1/identify")):
+                             ("get", "/v1/subjects/x/thumbnail"), ("delete", "/v1/subjects/x"),
+                             ("post", "/v1/subjects/x/templates"), ("post", "/v1/subjects/x/verify"),
+                             ("post", "/v1/identify")):
             response = getattr(client, method)(path, headers=headers, json={"id": "x"})
             assert response.status_code == 401 and error_code(response) == "unauthorized", (method, path)
     assert client.post("/v1/subjects", json={"id": "x"}, headers={"X-API-Key": key}).status_code == 201
     assert client.get("/healthz").status_code == 200  # service routes stay open
     store.revoke_key(record["id"])
-    assert client.get("/v1/subjects").status_code == 200
+    closed = client.get("/v1/subjects")  # revoking the last key does not reopen the routes
+    assert closed.status_code == 401 and "no active API key" in closed.get_json()["error"]["message"]
 
 
 def test_unreachable_store_is_503(fusion_bundle, scorer, tmp_path):
@@ -239,7 +267,7 @@ def test_unreachable_store_is_503(fusion_bundle, scorer, tmp_path):
 
 def test_openapi_lists_the_enrollment_routes(client):
     spec = client.get("/openapi.json").get_json()
-    for path in ("/v1/subjects", "/v1/subjects/{subject_id}", "/v1/subjects/{subject_id}/templates",
-                 "/v1/subjects/{subject_id}/verify", "/v1/identify"):
+    for path in ("/v1/subjects", "/v1/subjects/{subject_id}", "/v1/subjects/{subject_id}/thumbnail",
+                 "/v1/subjects/{subject_id}/templates", "/v1/subjects/{subject_id}/verify", "/v1/identify"):
         assert path in spec["paths"]
     assert "IdentifyResult" in spec["components"]["schemas"]

@@ -1,9 +1,9 @@
 """The web page in a real browser: Playwright driving Debian's chromium headless against gunicorn.
 
 The service runs the tiny face-small bundle, calibrated for real (`python -m calibration`) on
-synthetic identities, so every view has data to show. Screenshots of each view go to
-reports/page/ (not committed) for a person to look at. Skipped, saying why, without
-playwright or /usr/bin/chromium.
+synthetic identities, so every view has data to show, and keeps enrolled images (for the
+thumbnails). Screenshots of each view go to reports/page/ (not committed) for a person to
+look at. Skipped, saying why, without playwright or /usr/bin/chromium.
 """
 
 import shutil
@@ -48,7 +48,8 @@ def database(tmp_path_factory):
 @pytest.fixture(scope="module")
 def service(page_bundle, database, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("page-service") / "gunicorn.log"
-    with running_service(page_bundle, log_path, env={"DATABASE_URL": database}, timeout=90) as client:
+    env = {"DATABASE_URL": database, "VERIFIER_KEEP_IMAGES": "1"}
+    with running_service(page_bundle, log_path, env=env, timeout=90) as client:
         yield client
 
 
@@ -110,6 +111,13 @@ def verify(page, a, b):
     return page.get_attribute("#verify-decision", "data-decision")
 
 
+def wait_for_thumbnail(page, within, subject):
+    """Wait until the subject's thumbnail <img> under `within` has loaded (a decoded JPEG)."""
+    page.wait_for_function("([within, subject]) => [...document.querySelectorAll(`${within} .thumbnail img`)]"
+                           ".some(image => image.alt.startsWith(`${subject}:`) && image.naturalWidth > 0)",
+                           arg=[within, subject])
+
+
 def test_verify_same_and_different_pairs(page, files):
     assert verify(page, files["id00_0"], files["id00_0"]) == "same"
     assert page.inner_text("#verify-decision") == "same person"
@@ -153,9 +161,11 @@ def test_enroll_a_subject_and_verify_a_probe(page, files, service):
     page.fill("#create-id", "alice")
     page.click("#create-form button[type=submit]")
     page.wait_for_selector("#subjects-table td:text-is('alice')")
+    page.wait_for_selector("#subjects-table .thumbnail.none:text-is('no image kept')")  # nothing enrolled yet
     page.set_input_files("#enroll-images", [str(files[f"id00_{i}"]) for i in range(3)] + [str(files["blank"])])
     page.click("#enroll-form button[type=submit]")
     page.wait_for_selector("#enroll-result li.refused")
+    wait_for_thumbnail(page, "#subjects-table", "alice")
     assert page.locator("#enroll-result li.accepted").count() == 3
     assert "refused" in page.inner_text("#enroll-result li.refused")
     page.set_input_files("#probe-image", str(files["id00_3"]))
@@ -170,6 +180,7 @@ def test_enroll_a_subject_and_verify_a_probe(page, files, service):
     page.set_input_files("#identify-image", str(files["id00_3"]))
     submit(page, "identify-form", "identify-result")
     assert "alice" in page.inner_text("#identify-candidates")
+    wait_for_thumbnail(page, "#identify-candidates", "alice")
     shot(page, "identify")
     page.set_input_files("#identify-image", str(files["gradient"]))
     submit(page, "identify-form", "identify-result")

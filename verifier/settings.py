@@ -23,9 +23,18 @@ SETTINGS = {
     "MAX_CONTENT_LENGTH": ("VERIFIER_MAX_CONTENT_LENGTH", 24 * 1024 * 1024, int),  # whole request
     "MAX_IMAGE_BYTES": ("VERIFIER_MAX_IMAGE_BYTES", images.MAX_BYTES, int),  # one image
     "MAX_PIXELS": ("VERIFIER_MAX_PIXELS", images.MAX_PIXELS, int),  # one decoded image
+    "MAX_REQUEST_PIXELS": ("VERIFIER_MAX_REQUEST_PIXELS", 16 * images.MAX_PIXELS, int),  # all images of a request
     "MAX_BATCH_PAIRS": ("VERIFIER_MAX_BATCH_PAIRS", 64, int),
     "DATABASE_URL": ("DATABASE_URL", None, str),  # enrollment store; None: the store's default
     "KEEP_IMAGES": ("VERIFIER_KEEP_IMAGES", False, flag),  # keep enrolled images for `reembed`
+    # Which routes need an API key once keys exist: `all` (enrollment, /v1/verify*, /metrics)
+    # or `enrollment` (subjects, identify); see verifier.web.auth.
+    "PROTECT": ("VERIFIER_PROTECT", "all", str),
+    # `serve` on a non-loopback host with no API key: refused unless this (or --allow-anonymous).
+    "ALLOW_ANONYMOUS": ("VERIFIER_ALLOW_ANONYMOUS", False, flag),
+    # Whether the web app may create a missing SQLite file. `serve` makes it only on purpose
+    # (--create-store, or the default path) and gives its workers 0: a store moved away is a 503.
+    "CREATE_STORE": ("VERIFIER_CREATE_STORE", True, flag),
 }
 
 

@@ -2,6 +2,7 @@
 
     python -m verifier verify A B --bundle DIR [--threshold T | --target-fmr F] [--json]
     python -m verifier serve --bundle DIR --port N [--host H] [--workers W] [--threads T]
+                             [--allow-anonymous] [--create-store]
     python -m verifier export --bundle DIR
 
 The bundle defaults to $VERIFIER_BUNDLE, then bundles/default. Bad input (a missing file,
@@ -10,6 +11,7 @@ and exits 2.
 """
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -56,30 +58,39 @@ def cmd_verify(args):
 
 
 def cmd_export(args):
-    """Write model.tflite (+ record) into the bundle after checking it agrees with model.keras."""
+    """Upgrade a format-1 bundle in place, then cache model.tflite (+ record) once it agrees with model.keras."""
     from verifier.core import fastpath
-    from verifier.core.bundle import load_bundle
+    from verifier.core.bundle import FORMAT_VERSION, load_bundle, upgrade_bundle
 
+    try:
+        upgraded = upgrade_bundle(args.bundle)
+    except OSError as exc:
+        raise VerifierError(f"cannot upgrade {args.bundle} in place: {exc.strerror}", code="bundle_read_only") from None
+    if upgraded:
+        print(f"upgraded {args.bundle} to bundle format {FORMAT_VERSION}: bundle id {upgraded[0]} -> {upgraded[1]} "
+              f"(templates enrolled under {upgraded[0]} need `python -m verifier reembed`)", file=sys.stderr)
     bundle = load_bundle(args.bundle)
     data, record = fastpath.build_export(bundle)
     if not record["max_abs_diff"] <= fastpath.TOLERANCE:
         raise VerifierError(f"the TFLite export disagrees with model.keras (max abs embedding difference "
                             f"{record['max_abs_diff']:.3g} > {fastpath.TOLERANCE:g}); not written",
                             code="export_mismatch")
+    out = fastpath.export_dir(bundle)
     try:
-        fastpath.write_export(bundle.path, data, record)
+        path = fastpath.write_export(out, data, record)
     except OSError as exc:
-        raise VerifierError(f"cannot write into {bundle.path}: {exc.strerror}", code="bundle_read_only") from None
-    print(f"wrote {Path(bundle.path) / fastpath.TFLITE_FILE} ({len(data)} bytes); max abs embedding "
+        raise VerifierError(f"cannot write the export into {out}: {exc.strerror} (point {fastpath.CACHE_ENV} "
+                            "at a writable directory)", code="cache_read_only") from None
+    print(f"wrote {path} ({len(data)} bytes); max abs embedding "
           f"difference vs model.keras {record['max_abs_diff']:.3g} on {record['probe_count']} inputs")
     return 0
 
 
 def _ensure_export(bundle_dir):
-    """Export the fast path in a child process if the bundle lacks a current one.
+    """Export the fast path into the cache in a child process if it lacks a current one for the bundle.
 
     Workers can then serve with LiteRT alone; doing it here, in a separate process, keeps
-    TensorFlow out of the gunicorn master. A read-only bundle is fine: workers convert in memory.
+    TensorFlow out of the gunicorn master. A read-only cache is fine: workers convert in memory.
     """
     from verifier.core import fastpath
     from verifier.core.bundle import load_bundle
@@ -92,14 +103,67 @@ def _ensure_export(bundle_dir):
         print("export failed; workers will convert in memory or use tf.function", file=sys.stderr, flush=True)
 
 
+def is_loopback(host):
+    """Whether `host` (a name or an address, IPv6 maybe in brackets) reaches only this machine."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_store(args):
+    """Open the store `serve` will use, refusing what would quietly serve an empty or anonymous one.
+
+    A missing SQLite file is an error (a mistyped DATABASE_URL would start empty, with no keys)
+    unless --create-store, or DATABASE_URL is unset: the quick start's default file is then made
+    on first start, and said so. Beyond loopback, a store where no API key was ever created is
+    refused unless --allow-anonymous.
+    """
+    from verifier.enrollment.keys import CREATE_HINT, key_state
+    from verifier.enrollment.store import DEFAULT_URL, open_store
+    from verifier.enrollment.store.sqlite import path_from_url
+
+    url = settings.get("DATABASE_URL")
+    create = args.create_store or url is None
+    url = url or DEFAULT_URL
+    if url.startswith("sqlite:") and not path_from_url(url).exists():
+        path = path_from_url(url)
+        if not create:
+            raise VerifierError(f"the SQLite store {path} does not exist: serving it would start an empty store "
+                                "with no API keys. Check DATABASE_URL, or pass --create-store to create it",
+                                code="store_missing")
+        print(f"creating the enrollment store {path} (first start)", file=sys.stderr, flush=True)
+    store = open_store(url)
+    try:
+        enabled, active = key_state(store)
+    finally:
+        store.close()
+    if enabled and not active:
+        print(f"warning: no API key is active, so every protected route answers 401: {CREATE_HINT}",
+              file=sys.stderr, flush=True)
+    if enabled or is_loopback(args.host):
+        return
+    if not args.allow_anonymous:
+        raise VerifierError(f"refusing to serve on {args.host} with no API key: anyone who can reach it could "
+                            f"enroll, delete, identify and verify. Create a key first ({CREATE_HINT}, with the same "
+                            "DATABASE_URL), or pass --allow-anonymous (VERIFIER_ALLOW_ANONYMOUS=1) to serve "
+                            "without keys on purpose", code="no_api_key")
+    print(f"warning: serving on {args.host} with no API key (--allow-anonymous): every route is open to anyone "
+          "who can reach it", file=sys.stderr, flush=True)
+
+
 def cmd_serve(args):
-    """Check the bundle, make sure its fast path is exported, then exec gunicorn with the repo's config."""
+    """Check the bundle and the store, make sure the fast path is exported, then exec gunicorn."""
     from verifier.core.bundle import read_meta
 
     bundle = Path(args.bundle).resolve()
     read_meta(bundle)  # fail now, with a clear message, not in every worker
+    check_store(args)
     _ensure_export(bundle)
-    env = dict(os.environ, VERIFIER_BUNDLE=str(bundle))
+    env = dict(os.environ, VERIFIER_BUNDLE=str(bundle), VERIFIER_CREATE_STORE="0")  # the workers never make one
     config = Path(__file__).parent.parent / "web" / "gunicorn_conf.py"
     argv = [sys.executable, "-m", "gunicorn", "--config", str(config), "--bind", f"{args.host}:{args.port}"]
     if args.workers:
@@ -145,9 +209,14 @@ def build_parser():
     serve.add_argument("--host", default=os.environ.get("VERIFIER_HOST", "127.0.0.1"))
     serve.add_argument("--workers", type=_positive_int, help="gunicorn workers (default: $VERIFIER_WORKERS or CPUs)")
     serve.add_argument("--threads", type=_positive_int, help="threads per worker (default: $VERIFIER_THREADS or 2)")
+    serve.add_argument("--allow-anonymous", action="store_true", default=settings.get("ALLOW_ANONYMOUS"),
+                       help="serve beyond loopback although no API key exists (or $VERIFIER_ALLOW_ANONYMOUS=1)")
+    serve.add_argument("--create-store", action="store_true",
+                       help="create the SQLite file of DATABASE_URL if it is missing (first start)")
     serve.set_defaults(func=cmd_serve)
 
-    export = subparsers.add_parser("export", help="write the TFLite fast path into a bundle")
+    export = subparsers.add_parser("export", help="cache the bundle's TFLite fast path (in $VERIFIER_CACHE_DIR "
+                                          "or ~/.cache/verifier; upgrades a format-1 bundle first)")
     export.add_argument("--bundle", default=default_bundle(), help="bundle directory (default: %(default)s)")
     export.set_defaults(func=cmd_export)
 

@@ -5,7 +5,7 @@
     python -m verifier identify IMAGE [--top-k K] [--threshold T | --target-fmr F] [--json]
     python -m verifier subjects [list [--limit N] [--after ID] | show ID | create ID | delete ID]
     python -m verifier reembed [--dry-run]
-    python -m verifier keys create --name NAME | keys list | keys revoke ID
+    python -m verifier keys create [--name] NAME [--scope read|write] | keys list | keys revoke ID
 
 Every command takes --database (default $DATABASE_URL, then sqlite:///verifier.db); those
 that embed take --bundle (default $VERIFIER_BUNDLE, then bundles/default). Answers are the
@@ -21,7 +21,8 @@ from verifier import settings
 from verifier.core.errors import VerifierError
 from verifier.core.images import MAX_BYTES, decode_image
 from verifier.enrollment.service import TOP_K
-from verifier.enrollment.store import DEFAULT_URL, MAX_PAGE, PAGE_SIZE, open_store
+from verifier.enrollment.store import DEFAULT_URL, MAX_PAGE, PAGE_SIZE, mask_url, open_store
+from verifier.enrollment.store.base import KEY_SCOPES
 
 
 def _database(args):
@@ -134,12 +135,16 @@ def cmd_reembed(args):
 def cmd_keys(args):
     from verifier.enrollment.keys import create_key
 
+    if args.action == "create" and bool(args.name) == bool(args.name_option):
+        raise VerifierError("keys create needs one name: `keys create NAME` or `keys create --name NAME`",
+                            code="missing_argument")
     store = _database(args)
     if args.action == "create":
-        key, record = create_key(store, args.name)
+        key, record = create_key(store, args.name or args.name_option, args.scope)
         print(key)
-        print(f"API key {record['id']} ({record['name']}) created; it is shown only now and stored only as "
-              "a hash. Enrollment routes now require X-API-Key.", file=sys.stderr)
+        print(f"API key {record['id']} ({record['name']}, scope {record['scope']}) created; it is shown only now "
+              "and stored only as a hash. Protected routes now require X-API-Key, and stay closed without an "
+              "active key even if every key is revoked.", file=sys.stderr)
     elif args.action == "list":
         _print({"keys": store.list_keys()})
     else:
@@ -149,8 +154,11 @@ def cmd_keys(args):
 
 
 def _common(parser, *, bundle):
-    parser.add_argument("--database", default=settings.get("DATABASE_URL") or DEFAULT_URL,
-                        help="store URL: sqlite:///PATH or postgresql://... (default: $DATABASE_URL or %(default)s)")
+    database = settings.get("DATABASE_URL") or DEFAULT_URL
+    shown = mask_url(database).replace("%", "%%")  # the password never reaches --help
+    parser.add_argument("--database", default=database,
+                        help=f"store URL: sqlite:///PATH or postgresql://... (default: $DATABASE_URL or {DEFAULT_URL}; "
+                             f"now {shown})")
     parser.add_argument("--keep-images", action="store_true",
                         help="keep enrolled images so a new bundle can re-embed them (or $VERIFIER_KEEP_IMAGES=1)")
     if bundle:
@@ -205,10 +213,13 @@ def add_commands(subparsers):
     _common(reembed, bundle=True)
     reembed.set_defaults(func=cmd_reembed)
 
-    keys = subparsers.add_parser("keys", help="API keys for the enrollment routes")
+    keys = subparsers.add_parser("keys", help="API keys for the protected routes")
     key_actions = keys.add_subparsers(dest="action", required=True)
     create = key_actions.add_parser("create", help="create a key and print it once")
-    create.add_argument("--name", required=True)
+    create.add_argument("name", nargs="?", help="who or what the key is for")
+    create.add_argument("--name", dest="name_option", metavar="NAME", help="the same, as an option")
+    create.add_argument("--scope", choices=KEY_SCOPES, default="write",
+                        help="read: verify, identify, list; write: also create, enroll, delete (default: %(default)s)")
     key_actions.add_parser("list", help="list keys (ids, names, dates; never the keys)")
     revoke = key_actions.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("id")

@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 from verifier import settings
 from verifier.core.acquisition import NoFaceFound
 from verifier.core.errors import VerifierError
-from verifier.web import calibration_view, metrics, openapi, page, subjects, verify
+from verifier.web import auth, calibration_view, metrics, openapi, page, subjects, verify
 from verifier.web.extensions import Enrollment, LazyScorer
 
 HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
@@ -69,4 +69,5 @@ def create_app(config=None):
     app.register_blueprint(page.bp)
     register_error_handlers(app)
     metrics.init_app(app)
+    auth.init_app(app)  # after metrics: a refused request is still timed and counted
     return app

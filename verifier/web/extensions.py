@@ -55,6 +55,7 @@ class Enrollment:
     def __init__(self, app=None):
         self.url = None
         self.keep_images = False
+        self.create = True
         self.store = None
         self.service = None
         self._lock = threading.Lock()
@@ -64,6 +65,7 @@ class Enrollment:
     def init_app(self, app):
         self.url = app.config["DATABASE_URL"]
         self.keep_images = bool(app.config["KEEP_IMAGES"])
+        self.create = bool(app.config["CREATE_STORE"])
         app.extensions[ENROLLMENT] = self
         atexit.register(self.close)  # Flask has no shutdown hook; a gunicorn worker exits normally
 
@@ -71,7 +73,7 @@ class Enrollment:
         if self.store is None:
             with self._lock:
                 if self.store is None:
-                    self.store = open_store(self.url, keep_images=self.keep_images)
+                    self.store = open_store(self.url, keep_images=self.keep_images, create=self.create)
         return self.store
 
     def get_service(self, scorer):

@@ -3,7 +3,10 @@
 Environment: PORT (8000), VERIFIER_HOST (127.0.0.1), VERIFIER_WORKERS (CPU count, at most 8),
 VERIFIER_THREADS (2), VERIFIER_TIMEOUT (60 s), VERIFIER_ACCESS_LOG (a path or "-"; off by
 default), VERIFIER_METRICS_DIR (the workers' shared Prometheus directory: made fresh per start
-when unset, emptied of old workers' files when set). Command-line flags win.
+when unset, emptied of old workers' files when set), VERIFIER_MAX_REQUESTS (1000; 0 turns it
+off) and VERIFIER_MAX_REQUESTS_JITTER (100): a worker is replaced after that many requests
+plus a random 0..jitter, so a slow leak cannot grow without bound and the workers do not all
+restart at once. Command-line flags win.
 
 The app is not preloaded: the master never imports TensorFlow or the model (TensorFlow
 work before the fork hangs the workers). Each worker builds the app after the fork and
@@ -24,6 +27,8 @@ workers = int(os.environ.get("VERIFIER_WORKERS", min(8, os.cpu_count() or 1)))
 threads = int(os.environ.get("VERIFIER_THREADS", 2))
 worker_class = "gthread"  # keep-alive connections; a thread per in-flight request
 timeout = int(os.environ.get("VERIFIER_TIMEOUT", 60))
+max_requests = int(os.environ.get("VERIFIER_MAX_REQUESTS", 1000))
+max_requests_jitter = int(os.environ.get("VERIFIER_MAX_REQUESTS_JITTER", 100))
 graceful_timeout = 20
 keepalive = 5
 preload_app = False

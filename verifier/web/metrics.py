@@ -13,6 +13,8 @@ from flask import Blueprint, Response, g, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from verifier.enrollment.keys import READ
+from verifier.web.auth import AUTH_ERRORS, SECURITY, SERVICE, needs_key
 from verifier.web.extensions import scorer_holder
 from verifier.web.openapi import operation
 
@@ -37,9 +39,12 @@ bp = Blueprint("prometheus", __name__)
 
 
 @bp.get("/metrics")
+@needs_key(READ, group=SERVICE)
 @operation({"summary": "Prometheus metrics", "operationId": "metrics", "tags": ["service"],
+            "description": "Needs a key (scope read) in X-API-Key once an API key was ever created, unless "
+                           "VERIFIER_PROTECT=enrollment.", "security": SECURITY,
             "responses": {"200": {"description": "Prometheus text exposition format 0.0.4.",
-                                  "content": {"text/plain": {"schema": {"type": "string"}}}}}})
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}}, **AUTH_ERRORS}})
 def metrics_text():
     """Prometheus text format 0.0.4: requests, latency histogram, decisions and model, summed over workers.
 

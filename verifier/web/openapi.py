@@ -12,6 +12,8 @@ import re
 
 from flask import Blueprint, current_app, jsonify
 
+from verifier.enrollment.keys import HEADER
+
 VERSION = "1.0.0"
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 
@@ -86,12 +88,17 @@ SCHEMAS = {
 
 RESPONSES = {
     "BadRequest": error_response("Missing field, zero-byte image, bad base64 or JSON, bad option."),
-    "PayloadTooLarge": error_response("Request, image bytes, image pixels or image count over the limit."),
+    "PayloadTooLarge": error_response("Request, image bytes, image pixels (each image's, "
+                                      "or all of a request's by their headers) or image count over the limit."),
     "UnsupportedMediaType": error_response("Not multipart/form-data or application/json, or not an image."),
     "Unprocessable": error_response("Corrupt or too small image, no face found, or an override the "
                                     "calibration cannot honour."),
     "NotCalibrated": error_response("The bundle is not calibrated or could not be loaded."),
 }
+
+SECURITY_SCHEMES = {"ApiKey": {"type": "apiKey", "in": "header", "name": HEADER,
+                               "description": "`python -m verifier keys create --name NAME --scope read|write`; "
+                                              "which routes need it: see verifier.web.auth."}}
 
 PARAMETERS = {
     "Threshold": {"name": "threshold", "in": "query", "required": False, "schema": NUMBER_OPTIONS["threshold"]},
@@ -126,7 +133,8 @@ def build_spec(app):
                  "description": "Siamese-embedding verification with calibrated decisions. Every error is "
                                 "JSON `{\"error\": {\"code\", \"message\"}}`."},
         "paths": paths,
-        "components": {"schemas": schemas, "responses": RESPONSES, "parameters": PARAMETERS},
+        "components": {"schemas": schemas, "responses": RESPONSES, "parameters": PARAMETERS,
+                       "securitySchemes": SECURITY_SCHEMES},
     }
 
 

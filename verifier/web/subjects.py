@@ -3,24 +3,30 @@
     POST   /v1/subjects                   {"id", "metadata"} -> 201 the subject
     GET    /v1/subjects?limit=&after=     one page, in id order (keyset paging)
     GET    /v1/subjects/<id>              the subject with its template counts
+    GET    /v1/subjects/<id>/thumbnail    a small JPEG of a kept image (VERIFIER_KEEP_IMAGES=1)
     DELETE /v1/subjects/<id>              the subject and its templates
     POST   /v1/subjects/<id>/templates    images under `image` (repeated, or a JSON array)
     POST   /v1/subjects/<id>/verify       one probe under `image` against the subject
     POST   /v1/identify                   one probe under `image` -> top-k, or no match
 
-Once any API key exists (`python -m verifier keys create`), every route here needs an
-active key in `X-API-Key` (401 otherwise). With none, they are open: the quick start
-binds to loopback only. The store is opened per worker process, after the fork (see
+Once an API key was ever created (`python -m verifier keys create`), every route here
+needs an active key in `X-API-Key` (401 otherwise, even after the last key is revoked):
+`read` for lookups, verify and identify, `write` to create, enroll and delete (403 for a
+read key); see `verifier.web.auth`. Before the first key they are open, which `serve`
+allows on loopback only (or with --allow-anonymous). The store is opened per worker process, after the fork (see
 `verifier.web.extensions`). Each view carries its OpenAPI operation (`@operation`).
 """
 
-from flask import Blueprint, jsonify, request
+import cv2
+from flask import Blueprint, current_app, jsonify, request
 
 from verifier.core.errors import VerifierError
-from verifier.enrollment.keys import HEADER, require_key
+from verifier.core.images import decode_image
+from verifier.enrollment.keys import READ, WRITE
 from verifier.enrollment.service import MAX_TOP_K, TOP_K, FailureToEnrol, check_top_k
 from verifier.enrollment.store import MAX_PAGE, PAGE_SIZE, SUBJECT_ID_PATTERN, check_subject_id
 from verifier.web import metrics
+from verifier.web.auth import AUTH_ERRORS, SECURITY, needs_key
 from verifier.web.extensions import get_scorer, get_service, get_store
 from verifier.web.inputs import (as_int, decode_list, images_from_request, json_body, options_from_request,
                                  raw_list, request_kind)
@@ -29,17 +35,28 @@ from verifier.web.openapi import INPUT_ERRORS, error_response, json_content, ope
 bp = Blueprint("subjects", __name__)
 
 MAX_ENROLL_IMAGES = 32
-
-
-@bp.before_request
-def check_api_key():
-    require_key(get_store(), request.headers.get(HEADER))
+THUMBNAIL_SIDE = 128  # px, the longest side; smaller images are not enlarged
+THUMBNAIL_CACHE = "private, max-age=3600"
 
 
 def _subject_view(subject, bundle_id):
     current = subject["templates_by_bundle"].get(bundle_id, 0)
     return {**subject, "current_templates": current,
             "needs_reenrollment": subject["template_count"] > current}
+
+
+def _thumbnail(data):
+    """Kept image bytes -> a JPEG whose longest side is at most THUMBNAIL_SIDE, aspect kept."""
+    config = current_app.config  # the limits it was enrolled under
+    image = decode_image(data, max_bytes=config["MAX_IMAGE_BYTES"], max_pixels=config["MAX_PIXELS"])
+    height, width = image.shape[:2]
+    scale = min(1.0, THUMBNAIL_SIDE / max(height, width))
+    if scale < 1:
+        image = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
+                           interpolation=cv2.INTER_AREA)
+    if image.ndim == 3 and image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
 
 
 def _count_enrollment(enrolled, failed):
@@ -52,7 +69,7 @@ def _count_enrollment(enrolled, failed):
 SUBJECT = ref("schemas", "Subject")
 SUBJECT_ID = {"name": "subject_id", "in": "path", "required": True,
               "schema": {"type": "string", "pattern": SUBJECT_ID_PATTERN}}
-COMMON_ERRORS = {"401": error_response("API keys exist and X-API-Key is missing, wrong or revoked."),
+COMMON_ERRORS = {**AUTH_ERRORS,
                  "503": error_response("The store cannot be reached, or the bundle is not loaded or calibrated.")}
 NOT_FOUND = {"404": error_response("No such subject.")}
 OPTIONS = {"threshold": {"type": "number"}, "target_fmr": {"type": "number"}}
@@ -72,8 +89,8 @@ def _image_body(extra=None, *, repeated=False):
 
 def _op(summary, operation_id, ok, errors, **extra):
     return {"summary": summary, "operationId": operation_id, "tags": ["enrollment"],
-            "description": "Needs an active key in the X-API-Key header once any API key exists.",
-            "responses": {**ok, **COMMON_ERRORS, **errors}, **extra}
+            "description": "Needs an active key in the X-API-Key header once an API key was ever created.",
+            "security": SECURITY, "responses": {**ok, **COMMON_ERRORS, **errors}, **extra}
 
 
 bp.openapi_schemas = {
@@ -116,6 +133,7 @@ bp.openapi_schemas = {
 # -- routes ---------------------------------------------------------------------------------
 
 @bp.post("/v1/subjects")
+@needs_key(WRITE)
 @operation(_op("Create a subject", "createSubject",
                {"201": {"description": "Created.", "content": json_content(SUBJECT)}},
                {"409": error_response("The id is taken."), "400": ref("responses", "BadRequest"),
@@ -138,6 +156,7 @@ def create_subject():
 
 
 @bp.get("/v1/subjects")
+@needs_key(READ)
 @operation(_op("List subjects, one page at a time", "listSubjects",
                {"200": {"description": "A page.", "content": json_content({
                    "type": "object", "required": ["subjects", "next_after", "total", "limit"], "properties": {
@@ -156,6 +175,7 @@ def list_subjects():
 
 
 @bp.get("/v1/subjects/<subject_id>")
+@needs_key(READ)
 @operation(_op("A subject with its template counts", "getSubject",
                {"200": {"description": "The subject.", "content": json_content(SUBJECT)}}, NOT_FOUND,
                parameters=[SUBJECT_ID]))
@@ -165,7 +185,29 @@ def get_subject(subject_id):
     return jsonify(_subject_view(subject, get_scorer().bundle_id))
 
 
+@bp.get("/v1/subjects/<subject_id>/thumbnail")
+@needs_key(READ)
+@operation(_op("A small JPEG of one of the subject's kept images", "getSubjectThumbnail",
+               {"200": {"description": f"JPEG, longest side at most {THUMBNAIL_SIDE} px, from the first kept "
+                                       "image of the served bundle's templates (else of any).",
+                        "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}},
+               {"404": error_response("No such subject (`subject_not_found`), or no image of it is kept "
+                                      "(`no_image`: images are kept only with VERIFIER_KEEP_IMAGES=1).")},
+               parameters=[SUBJECT_ID]))
+def subject_thumbnail(subject_id):
+    """A thumbnail of the subject's first kept image, cached privately by the browser for an hour."""
+    store = get_store()
+    data = store.subject_image(subject_id, get_scorer().bundle_id)
+    if data is None:
+        message = (f"subject {subject_id!r} has no kept image (no templates, or enrolled while images were not kept)"
+                   if store.keep_images else
+                   "images are not kept: start the service with VERIFIER_KEEP_IMAGES=1 to see thumbnails")
+        raise VerifierError(message, code="no_image", status=404)
+    return _thumbnail(data), 200, {"Content-Type": "image/jpeg", "Cache-Control": THUMBNAIL_CACHE}
+
+
 @bp.delete("/v1/subjects/<subject_id>")
+@needs_key(WRITE)
 @operation(_op("Delete a subject and its templates", "deleteSubject",
                {"200": {"description": "Deleted.", "content": json_content({
                    "type": "object", "required": ["id", "deleted"],
@@ -178,6 +220,7 @@ def delete_subject(subject_id):
 
 
 @bp.post("/v1/subjects/<subject_id>/templates")
+@needs_key(WRITE)
 @operation(_op("Enroll images (repeat `image`, or a JSON array of base64)", "enrollTemplates",
                {"201": {"description": "Stored; failures to enrol listed.",
                         "content": json_content(ref("schemas", "Enrollment"))}},
@@ -201,6 +244,7 @@ def add_templates(subject_id):
 
 
 @bp.post("/v1/subjects/<subject_id>/verify")
+@needs_key(READ)
 @operation(_op("Verify a probe against a claimed subject (calibrated fusion rule)", "verifySubject",
                {"200": {"description": "Decision.", "content": json_content(ref("schemas", "SubjectVerifyResult"))}},
                {**INPUT_ERRORS, **NOT_FOUND,
@@ -220,6 +264,7 @@ def verify_subject(subject_id):
 
 
 @bp.post("/v1/identify")
+@needs_key(READ)
 @operation(_op("1:N: the top-k subjects for a probe, or no match", "identify",
                {"200": {"description": "Candidates.", "content": json_content(ref("schemas", "IdentifyResult"))}},
                INPUT_ERRORS,

@@ -9,9 +9,11 @@ from flask import Blueprint, current_app, jsonify
 
 from verifier.core.errors import VerifierError
 from verifier.core.timing import Stopwatch
+from verifier.enrollment.keys import READ
 from verifier.web import metrics
+from verifier.web.auth import AUTH_ERRORS, SECURITY, SERVICE, needs_key
 from verifier.web.extensions import get_scorer, scorer_holder
-from verifier.web.inputs import decode_list, images_from_request, options_from_request, raw_list
+from verifier.web.inputs import decode_lists, images_from_request, options_from_request, raw_list
 from verifier.web.openapi import INPUT_ERRORS, NUMBER_OPTIONS, error_response, json_content, operation, ref
 
 bp = Blueprint("verify", __name__)
@@ -47,14 +49,17 @@ def _verify_operation(summary, operation_id, result, *, batch=False):
                 "properties": {"image_a": field, "image_b": field, **NUMBER_OPTIONS}}
 
     return {"summary": summary, "operationId": operation_id, "tags": ["verify"],
+            "description": "Needs a key (scope read) in X-API-Key once an API key was ever created, unless "
+                           "VERIFIER_PROTECT=enrollment.", "security": SECURITY,
             "parameters": [ref("parameters", "Threshold"), ref("parameters", "TargetFmr")],
             "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": body(binary)},
                                                           "application/json": {"schema": body(text)}}},
             "responses": {"200": {"description": "Decision(s).", "content": json_content(ref("schemas", result))},
-                          **INPUT_ERRORS}}
+                          **INPUT_ERRORS, **AUTH_ERRORS}}
 
 
 @bp.post("/v1/verify")
+@needs_key(READ, group=SERVICE)
 @operation(_verify_operation("Verify that two images show the same identity", "verifyPair", "VerifyResult"))
 def verify():
     """Two images -> distance, decision, calibrated confidence, threshold and the policy behind it."""
@@ -72,6 +77,7 @@ def verify():
 
 
 @bp.post("/v1/verify/batch")
+@needs_key(READ, group=SERVICE)
 @operation(_verify_operation("Verify many pairs in one request (image_a[i] with image_b[i])", "verifyBatch",
                              "BatchResult", batch=True))
 def verify_batch():
@@ -89,7 +95,7 @@ def verify_batch():
     if count_a > limit:
         raise VerifierError(f"{count_a} pairs in one request; the limit is {limit}",
                             code="too_many_pairs", status=413)
-    images = {name: decode_list(name, values) for name, values in fields.items()}
+    images = decode_lists(fields)
     decoded = clock.lap("decode")
     names = [f"{name}[{i}]" for name in ("image_a", "image_b") for i in range(count_a)]
     decisions, timings = scorer.verify(images["image_a"], images["image_b"], **options, names=names)

@@ -26,18 +26,24 @@ class ApiError extends Error {
   }
 }
 
-// fetch `path`; JSON back, or an ApiError carrying the API's own message.
-async function api(path, options = {}) {
+// fetch `path` with the key, if any; the response, or an ApiError carrying the API's own message.
+async function call(path, options = {}) {
   const headers = new Headers(options.headers || {});
   const key = sessionStorage.getItem(KEY_STORE);
   if (key) headers.set(KEY_HEADER, key);
   const response = await fetch(path, {...options, headers});
-  const body = await response.json().catch(() => null);
   if (!response.ok) {
+    const body = await response.json().catch(() => null);
     const error = body && body.error ? body.error : {code: "http_error", message: `HTTP ${response.status}`};
     throw new ApiError(response.status, error.code, error.message);
   }
-  return body;
+  return response;
+}
+
+// As `call`, with the JSON body back.
+async function api(path, options = {}) {
+  const response = await call(path, options);
+  return response.json().catch(() => null);
 }
 
 // Run a form's action; show any API error in the alert region, and ask for a key on a 401.
@@ -236,10 +242,31 @@ function jsonPost(path, payload) {
 
 const subjectPath = id => `/v1/subjects/${encodeURIComponent(id.trim())}`;
 
+// A box that fills with the subject's thumbnail (fetched with the key, shown from a blob), or says why not.
+function thumbnail(id) {
+  const box = document.createElement("div");
+  box.className = "thumbnail";
+  box.textContent = "loading…";
+  call(`${subjectPath(id)}/thumbnail`).then(response => response.blob()).then(blob => {
+    const image = new Image();
+    image.alt = `${id}: an enrolled image`;
+    image.onload = () => URL.revokeObjectURL(image.src);
+    image.src = URL.createObjectURL(blob);
+    box.replaceChildren(image);
+  }, error => {
+    box.classList.add("none");
+    box.textContent = error.code === "no_image" ? "no image kept" : error.message;
+    box.title = error.message;
+  });
+  return box;
+}
+
 async function listSubjects() {
   const page = await api("/v1/subjects?limit=100");
   const rows = page.subjects.map(subject => {
-    const row = document.createElement("tr");
+    const row = document.createElement("tr"), picture = document.createElement("td");
+    picture.append(thumbnail(subject.id));
+    row.append(picture);
     for (const text of [subject.id, `${subject.template_count}`, subject.created]) {
       const cell = document.createElement("td");
       cell.textContent = text;
@@ -325,8 +352,14 @@ onSubmit("identify-form", async form => {
   $("identify-candidates").replaceChildren(...result.candidates.map(candidate => {
     const item = document.createElement("li");
     item.className = candidate.decision;
-    item.textContent = `${candidate.subject_id}: distance ${candidate.distance.toFixed(4)}, ` +
-      `P(same) ${percent(candidate.confidence)}, ${candidate.decision} (${candidate.templates} templates)`;
+    const lines = [[candidate.subject_id, "strong"], [`distance ${candidate.distance.toFixed(4)}`],
+                   [`P(same) ${percent(candidate.confidence)}`],
+                   [`${decisionWords(candidate.decision)} (${candidate.templates} templates)`]];
+    item.append(thumbnail(candidate.subject_id), ...lines.map(([text, tag = "span"]) => {
+      const line = document.createElement(tag);
+      line.textContent = text;
+      return line;
+    }));
     return item;
   }));
   const gallery = result.gallery ? `; gallery of ${result.gallery.subjects} subjects` : "";
