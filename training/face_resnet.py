@@ -23,7 +23,6 @@ Layers are named by stage: a stage's last layer carries the stage's name (`conv6
 the stages from one on, for partial fine-tuning.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -38,6 +37,7 @@ import tensorflow as tf
 from keras import layers
 
 from verifier.core.errors import VerifierError
+from verifier.core.files import file_sha256
 
 PACKAGE_SPEC = "@vladmandic/face-api@1.7.15"
 TARBALL_SHA256 = "0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031"
@@ -120,25 +120,16 @@ def check_layout(weights):
 
 # ---------------------------------------------------------------- fetching and reading
 
-def sha256_file(path):
-    """Hex sha256 of a file's bytes."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
-
-
 def _check_sha256(path, expected, what):
     """Raise WeightsError naming the file, the expected and the actual hash on a mismatch."""
-    got = sha256_file(path)
+    got = file_sha256(path)
     if got != expected:
         raise WeightsError(f"checksum mismatch for {what}: expected sha256 {expected}, got {got}")
 
 
 def _is_cached(path, expected):
     """True when the file exists and has the pinned hash."""
-    return path.is_file() and sha256_file(path) == expected
+    return path.is_file() and file_sha256(path) == expected
 
 
 def fetch_face_api(cache_dir=DEFAULT_CACHE_DIR, timeout=NPM_TIMEOUT_S):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from verifier.core import distances
 from verifier.core.errors import BundleError
-from verifier.core.files import replace_with, write_json_atomic
+from verifier.core.files import file_sha256, replace_with, write_json_atomic
 from verifier.core.profiles import Profile
 
 FORMAT_VERSION = 2
@@ -42,15 +42,6 @@ def _digest(*chunks):
 
 def _canonical(data):
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-
-
-def file_sha256(path):
-    """The sha256 of a file, read in 1 MiB chunks."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
 
 
 def derive_bundle_id(meta):

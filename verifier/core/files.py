@@ -1,9 +1,19 @@
 """Atomic file writes: a reader sees the old file or the whole new one, never half of one."""
 
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
+
+
+def file_sha256(path):
+    """The hex sha256 of a file, read in 1 MiB chunks."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
 
 
 def write_bytes_atomic(path, data):
