@@ -2,8 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-BUNDLE ?= bundles/default
+BUNDLE ?= bundles/face
 PORT ?= 8000
+# Served as modalities: the face bundle (the default, first), plus the signature bundle once it exists.
+SIGNATURE_BUNDLE ?= bundles/signature
+SERVE_BUNDLES ?= face=$(BUNDLE) $(if $(wildcard $(SIGNATURE_BUNDLE)/bundle.json),signature=$(SIGNATURE_BUNDLE))
 # ORL people kept out of training for calibration (dev + eval); see the README on 10 vs 20
 HOLDOUT ?= 10
 
@@ -27,7 +30,7 @@ $(BUNDLE)/calibration.json:
 	$(MAKE) bundle
 
 serve: setup $(BUNDLE)/calibration.json
-	$(PY) -m verifier serve --bundle $(BUNDLE) --port $(PORT)
+	$(PY) -m verifier serve $(foreach b,$(SERVE_BUNDLES),--bundle $(b)) --port $(PORT)
 
 test: setup
 	$(PY) -m pytest

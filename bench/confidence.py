@@ -1,6 +1,6 @@
 """Does a threshold chosen on dev identities hold on eval identities, and is the confidence calibrated?
 
-    python bench/confidence.py [--bundle bundles/default] [--seed 0] [--splits 10] [--bootstrap 1000]
+    python bench/confidence.py [--bundle bundles/face] [--seed 0] [--splits 10] [--bootstrap 1000]
         [--confidence logistic|isotonic]
 
 On ORL identities the bundle never trained on (its held-out ones when it trained on ORL):

@@ -1,6 +1,6 @@
 """Does enrolling several images per subject beat single-image pair verification, on real faces?
 
-    python bench/enroll.py [--bundle bundles/default] [--enroll 3] [--seed 0]
+    python bench/enroll.py [--bundle bundles/face] [--enroll 3] [--seed 0]
 
 On the ORL identities the bundle never trained on (bundle.json's recipe
 `holdout_identities`): each identity enrolls 3 seeded images through the real enrollment

@@ -1,6 +1,6 @@
 """Fault benchmark: soak, a worker SIGKILLed under load, PostgreSQL stopped and restarted mid-traffic.
 
-    python bench/faults.py [--bundle bundles/default] [--soak-minutes 10] [--clients 4]
+    python bench/faults.py [--bundle bundles/face] [--soak-minutes 10] [--clients 4]
                            [--kill-seconds 30] [--worker-max-requests 0] [--postgres] [--pg-down-seconds 5]
                            [--skip soak,kill]
 

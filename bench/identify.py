@@ -1,6 +1,6 @@
 """How fast is 1:N identify at 10,000 and 100,000 templates, and what does a change cost?
 
-    python bench/identify.py [--bundle bundles/default] [--sizes 10000 100000] [--per-subject 5]
+    python bench/identify.py [--bundle bundles/face] [--sizes 10000 100000] [--per-subject 5]
 
 Synthetic, L2-normalised embeddings of the bundle's size (no model runs: the probe's
 embedding costs the same whatever the gallery) are written into a fresh SQLite

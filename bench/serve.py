@@ -1,6 +1,6 @@
 """Serving benchmark: the real service (gunicorn, fast path) against a naive `model.predict` server.
 
-    python bench/serve.py [--bundle bundles/default] [--requests 600] [--naive-requests 60]
+    python bench/serve.py [--bundle bundles/face] [--requests 600] [--naive-requests 60]
 
 Starts, on loopback and in this run, `python -m verifier serve` and bench/naive_server.py
 on the same bundle; sends a bounded number of POST /v1/verify requests (two images each)

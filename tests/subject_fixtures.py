@@ -1,4 +1,4 @@
-"""Fixtures for the enrollment tests: a fresh store of each backend, a fusion-calibrated scorer.
+"""Fixtures for the enrollment tests: a fresh store of each backend, fusion-calibrated scorers (face, signature).
 
 PostgreSQL runs when TEST_DATABASE_URL names a server (e.g.
 postgresql://postgres@127.0.0.1:5432/postgres); each test gets its own new schema in that
@@ -100,3 +100,41 @@ def faces():
 
     return {name: [image[:, :, None] for image in images]
             for name, images in identity_images(n_identities=4, per_identity=5, seed=3).items()}
+
+
+@pytest.fixture(scope="session")
+def signature_bundle(tmp_path_factory):
+    """A second tiny bundle, of the signature profile (another modality), with a fusion calibration.
+
+    Built without training, like the face one; its tower has another seed, so another bundle id.
+    """
+    import numpy as np
+
+    from tests.conftest import tiny_tower
+    from verifier.core.bundle import save_bundle, write_calibration
+    from verifier.core.profiles import get_profile
+
+    path = tmp_path_factory.mktemp("bundle") / "signature"
+    profile = get_profile("signature")
+    save_bundle(path, tiny_tower(profile, seed=1), profile=profile, metric="euclidean",
+                recipe={"loss": "none", "seed": 1, "dataset": {"name": "synthetic-signatures"},
+                        "train_identities": [], "validation_identities": [], "holdout_identities": []})
+    distances = np.linspace(0.0, 2.0, 41)
+    points = {"distance": distances.tolist(), "fmr": np.clip(distances / 2.0, 0, 1).tolist(),
+              "fnmr": np.clip(1 - distances, 0, 1).tolist()}
+    confidence = {"kind": "logistic", "a": -10.0, "b": 6.0, "prior": 0.5, "train_prior": 0.5}
+    write_calibration(path, {
+        "policy": "eer", "threshold": 0.6, "metric": "euclidean", "confidence": confidence,
+        "operating_points": points,
+        "fusion": {"rule": "mean", "templates_per_subject": 3, "policy": "eer", "threshold": 0.45,
+                   "confidence": confidence, "operating_points": points},
+    })
+    return path
+
+
+@pytest.fixture(scope="session")
+def signature_scorer(signature_bundle):
+    """A scorer on the signature bundle (tf.function path)."""
+    from verifier.core.scorer import Scorer
+
+    return Scorer.from_bundle(signature_bundle, backend="tf.function")

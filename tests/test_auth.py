@@ -15,7 +15,7 @@ from verifier.web.app import create_app
 from verifier.web.extensions import enrollment, scorer_holder
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = str(ROOT / "bundles" / "default")  # serve only reads its bundle.json before the checks
+BUNDLE = str(ROOT / "bundles" / "face")  # serve only reads its bundle.json before the checks
 
 
 # -- python -m verifier serve: the checks before gunicorn ------------------------------------

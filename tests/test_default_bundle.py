@@ -1,6 +1,6 @@
 """The shipped default bundle: open-set by construction, and its recorded metrics still hold.
 
-`bundles/default` ships in the repo so that `make serve` starts at once; these tests
+`bundles/face` ships in the repo so that `make serve` starts at once; these tests
 re-embed the real ORL faces it was calibrated on and recount what calibration.json claims.
 """
 
@@ -17,7 +17,7 @@ from verifier.core.distances import pair_distances
 from verifier.core.embedder import Embedder
 from verifier.core.scorer import Scorer
 
-BUNDLE = Path(__file__).resolve().parent.parent / "bundles" / "default"
+BUNDLE = Path(__file__).resolve().parent.parent / "bundles" / "face"
 
 
 @pytest.fixture(scope="module")

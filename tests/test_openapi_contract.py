@@ -285,6 +285,37 @@ def test_unreachable_store_is_503(tmp_path, fusion_bundle, scorer, spec):
     assert "does not exist" in Api(app, spec).get("/v1/subjects", 503)["error"]["message"]
 
 
+def test_two_modalities(tmp_path, fusion_bundle, signature_bundle, scorer, signature_scorer, spec, faces):
+    """Two bundles served at once: the modality field, 400 unknown_modality and 409 modality_mismatch."""
+    app = create_app({"VERIFIER_BUNDLE": f"face={fusion_bundle},signature={signature_bundle}", "TESTING": True,
+                      "DATABASE_URL": f"sqlite:///{tmp_path / 'two.db'}"})
+    scorer_holder(app).scorer = scorer.warm_up() if not scorer.warm else scorer
+    scorer_holder(app, "signature").scorer = signature_scorer.warm_up() if not signature_scorer.warm \
+        else signature_scorer
+    api = Api(app, spec)
+    listed = api.get("/v1/modalities", 200)
+    assert [m["modality"] for m in listed["modalities"]] == ["face", "signature"] and listed["default"] == "face"
+    assert api.get("/readyz", 200)["modalities"]["signature"]["model"] == signature_scorer.bundle_id
+    assert api.get("/v1/calibration?modality=signature", 200)["modality"] == "signature"
+    assert api.get("/v1/calibration?modality=iris", 400)["error"]["code"] == "unknown_modality"
+    a, b = faces["id00"][:2]
+    body = api.post("/v1/verify", 200, json={"image_a": b64(a), "image_b": b64(b), "modality": "signature"})
+    assert body["model"] == signature_scorer.bundle_id
+    assert api.post("/v1/verify", 400, json={"image_a": b64(a), "image_b": b64(b), "modality": "iris"})
+    assert api.post("/v1/subjects", 201, json={"id": "w0", "modality": "signature"})["modality"] == "signature"
+    assert api.post("/v1/subjects/w0/templates", 201,
+                    data={**files("image", *faces["id01"][:2]), "modality": "signature"})["modality"] == "signature"
+    assert api.get("/v1/subjects/w0", 200)["current_templates"] == 2
+    assert api.get("/v1/subjects?modality=signature", 200)["total"] == 1
+    assert api.post("/v1/subjects/w0/verify?modality=signature", 200,
+                    data=files("image", faces["id01"][2]))["modality"] == "signature"
+    assert api.post("/v1/identify", 200, json={"image": b64(faces["id01"][2]), "modality": "signature"})[
+        "candidates"][0]["subject_id"] == "w0"
+    for path in ("/v1/subjects/w0/templates", "/v1/subjects/w0/verify"):
+        assert api.post(path, 409, data=files("image", faces["id01"][2]))["error"]["code"] == "modality_mismatch"
+    enrollment(app).close()
+
+
 def test_every_documented_operation_was_checked(api):
     """Runs last (file order): the calls above cover every operation of the document."""
     document = api.client.get("/openapi.json").get_json()

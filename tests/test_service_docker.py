@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVE = ["python", "-m", "verifier", "serve", "--bundle", "/app/bundles/default", "--port", "8000", "--host", "0.0.0.0"]
+SERVE = ["python", "-m", "verifier", "serve", "--port", "8000", "--host", "0.0.0.0"]  # serve's default bundles
 
 
 def _instruction(name):
@@ -64,7 +64,7 @@ def test_the_image_command_refuses_a_fresh_volume_until_a_key_exists(tmp_path, m
     monkeypatch.setattr(cli_main, "_ensure_export", lambda bundle: None)
     monkeypatch.setattr(os, "execve", lambda *argv: started.append(argv))
     argv = json.loads(_instruction("CMD")[-1])[3:]
-    argv[argv.index("--bundle") + 1] = str(ROOT / "bundles" / "default")
+    argv += ["--bundle", f"face={ROOT / 'bundles' / 'face'}"]  # the image's default, from any working directory
     assert cli_main.main(argv) == 2 and "does not exist" in capsys.readouterr().err  # volume not mounted
     open_store(url).close()
     assert cli_main.main(argv) == 2 and "with no API key" in capsys.readouterr().err
@@ -80,7 +80,7 @@ def test_readme_serve_command_matches_the_image():
     wanted = dict(zip(SERVE[4::2], SERVE[5::2]))
     for argv in commands:
         options = dict(zip(argv[4::2], argv[5::2]))
-        if "--bundle" in options and options["--bundle"].endswith("bundles/default"):
+        if options.get("--bundle", "").endswith("bundles/face"):
             assert options.get("--port", "8000") == wanted["--port"]
             return
-    pytest.fail(f"no README serve command for bundles/default; found {commands}")
+    pytest.fail(f"no README serve command for bundles/face; found {commands}")

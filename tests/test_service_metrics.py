@@ -15,15 +15,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from verifier.core.acquisition import NoFaceFound
 from verifier.web import gunicorn_conf, metrics
 from verifier.web.app import create_app
+from verifier.web.extensions import scorer_holder
 
 DESCRIBED = {"model": 'tiny"\\bundle', "calibration_id": None, "profile": "face-small", "metric": "euclidean",
              "backend": "tflite"}
-MODEL_LABELS = {**DESCRIBED, "calibration_id": ""}
+MODEL_LABELS = {"modality": "face", **DESCRIBED, "calibration_id": ""}
 
 
 def _app(tmp_path):
     """The service (its bundle missing: nothing here needs the model) plus two test routes."""
-    app = create_app({"VERIFIER_BUNDLE": str(tmp_path / "no-bundle")})
+    app = create_app({"VERIFIER_BUNDLE": f"face={tmp_path / 'no-bundle'}"})
 
     @app.get("/test/decide")
     def decide():
@@ -108,7 +109,7 @@ def test_decisions_and_failures_to_acquire_are_counted_by_route(client):
 
 def test_the_served_model_is_a_gauge_with_escaped_labels(tmp_path):
     app = _app(tmp_path)
-    app.extensions["verifier.scorer"].scorer = SimpleNamespace(describe=lambda: DESCRIBED)
+    scorer_holder(app).scorer = SimpleNamespace(describe=lambda: DESCRIBED)
     text = _scrape(app.test_client())
     assert _value(text, "verifier_model_info", **MODEL_LABELS) == 1
     assert "# TYPE verifier_model_info gauge" in text
@@ -127,7 +128,7 @@ def test_made_up_methods_share_one_series(client):
 def serve_as_worker(tmp_path, healthz_requests):
     """One worker process: a few requests, decisions and a scrape (which sets its model gauge)."""
     app = _app(tmp_path)
-    app.extensions["verifier.scorer"].scorer = SimpleNamespace(describe=lambda: DESCRIBED)
+    scorer_holder(app).scorer = SimpleNamespace(describe=lambda: DESCRIBED)
     client = app.test_client()
     for _ in range(healthz_requests):
         assert client.get("/healthz").status_code == 200

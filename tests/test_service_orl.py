@@ -13,7 +13,7 @@ from tests.live_service import running_service
 from tests.synthetic import png_bytes
 from verifier.core.bundle import load_bundle
 
-BUNDLE = Path(__file__).resolve().parent.parent / "bundles" / "default"
+BUNDLE = Path(__file__).resolve().parent.parent / "bundles" / "face"
 
 
 @pytest.fixture(scope="module")

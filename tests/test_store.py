@@ -194,8 +194,9 @@ def test_migrates_from_an_older_schema_version(database_url):
                "VALUES ('t1', 'old', 'B0', ?, '2025-01-01T00:00:00Z')", (np.ones(8, "<f4").tobytes(),))
     old.close()
     store = open_store(database_url, keep_images=True)
-    assert store.schema_version() == schema.LATEST == 4
+    assert store.schema_version() == schema.LATEST == 5
     assert store.get_subject("old")["templates_by_bundle"] == {"B0": 1}
+    assert store.get_subject("old")["modality"] is None  # 5: rows from before modalities: the default one
     assert store.stale_templates("B1") == [("t1", "old", "B0", False)]
     store.add_key("after-migration", "h")
     assert store.migrate() == schema.LATEST  # idempotent

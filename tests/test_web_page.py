@@ -87,7 +87,7 @@ def test_calibration_endpoint_on_the_fixture_calibration(client, scorer):
 
 
 def test_calibration_view_of_the_shipped_bundle():
-    calibration = read_calibration("bundles/default")
+    calibration = read_calibration("bundles/face")
     view = calibration_view(calibration, [0.01])
     dev = calibration["metrics"]["dev"]
     assert view["histogram"]["unit"] == "count"

@@ -5,10 +5,43 @@ default is written once. Plain Python: importing this loads no web code.
 """
 
 import os
+from pathlib import Path
 
-from verifier.core import images
+from verifier.core import images, modalities
 
-DEFAULT_BUNDLE = "bundles/default"
+DEFAULT_BUNDLE = "bundles/face"  # the face pipeline; the default (first) modality
+SIGNATURE_BUNDLE = "bundles/signature"  # served too, as `signature`, when it holds a bundle
+
+
+def default_bundles():
+    """VERIFIER_BUNDLE's default: `face=bundles/face`, plus `signature=bundles/signature` when that
+    directory holds a bundle.json (paths relative to the working directory, like the default store)."""
+    text = f"face={DEFAULT_BUNDLE}"
+    if (Path(SIGNATURE_BUNDLE) / "bundle.json").is_file():
+        text += f",signature={SIGNATURE_BUNDLE}"
+    return text
+
+
+def bundles(text=None):
+    """{modality: bundle path} served, in order (the first is the default): from `text`, else
+    VERIFIER_BUNDLE, else `default_bundles()`. VERIFIER_BUNDLE is a PATH (named from its bundle's
+    profile) or NAME=PATH[,NAME=PATH...]; a bad one is a ValueError naming the variable."""
+    if text is None:
+        text = get("VERIFIER_BUNDLE")
+    try:
+        return modalities.parse_bundles(text)
+    except ValueError as exc:
+        raise ValueError(f"VERIFIER_BUNDLE={text!r}: {exc}") from None
+
+
+def default_bundle_spec():
+    """The enrollment commands' default --bundle: VERIFIER_BUNDLE's first entry, with its name if it has one."""
+    return modalities.first_spec(get("VERIFIER_BUNDLE"))
+
+
+def default_bundle_path():
+    """The single bundle of the one-bundle commands (verify, export, enroll...): VERIFIER_BUNDLE's first path."""
+    return modalities.first_path(get("VERIFIER_BUNDLE"))
 
 
 def flag(text):
@@ -19,7 +52,8 @@ def flag(text):
 # Setting -> (environment variable, default, type). The environment overrides the default;
 # the web app's `config` overrides both.
 SETTINGS = {
-    "VERIFIER_BUNDLE": ("VERIFIER_BUNDLE", DEFAULT_BUNDLE, str),
+    # The served bundles: PATH, or NAME=PATH[,NAME=PATH...] (see `bundles`); default `default_bundles()`.
+    "VERIFIER_BUNDLE": ("VERIFIER_BUNDLE", default_bundles, str),
     "MAX_CONTENT_LENGTH": ("VERIFIER_MAX_CONTENT_LENGTH", 24 * 1024 * 1024, int),  # whole request
     "MAX_IMAGE_BYTES": ("VERIFIER_MAX_IMAGE_BYTES", images.MAX_BYTES, int),  # one image
     "MAX_PIXELS": ("VERIFIER_MAX_PIXELS", images.MAX_PIXELS, int),  # one decoded image
@@ -43,7 +77,7 @@ def get(name):
     env, default, kind = SETTINGS[name]
     raw = os.environ.get(env)
     if raw in (None, ""):
-        return default
+        return default() if callable(default) else default
     try:
         return kind(raw)
     except ValueError:

@@ -1,11 +1,15 @@
 """`python -m verifier`: verify two images, serve the API with gunicorn, export the fast path.
 
     python -m verifier verify A B --bundle DIR [--threshold T | --target-fmr F] [--json]
-    python -m verifier serve --bundle DIR --port N [--host H] [--workers W] [--threads T]
+    python -m verifier serve [--bundle [NAME=]DIR]... --port N [--host H] [--workers W] [--threads T]
                              [--allow-anonymous] [--create-store]
     python -m verifier export --bundle DIR
 
-The bundle defaults to $VERIFIER_BUNDLE, then bundles/default. Bad input (a missing file,
+`serve` serves one bundle per modality: `--bundle face=bundles/face --bundle
+signature=bundles/signature` (repeatable; a bare DIR is named from its bundle's profile; the
+first is the default modality). Its default is $VERIFIER_BUNDLE (DIR or NAME=DIR,NAME=DIR),
+then face=bundles/face plus signature=bundles/signature when that bundle exists. The
+one-bundle commands default to the first of those. Bad input (a missing file,
 not an image, an uncalibrated bundle, an unsupported target FMR) prints one clear line
 and exits 2.
 """
@@ -27,7 +31,32 @@ EXIT_BAD_INPUT = 2
 
 
 def default_bundle():
-    return settings.get("VERIFIER_BUNDLE")
+    """The one-bundle commands' default: the first (default modality's) bundle of VERIFIER_BUNDLE."""
+    return settings.default_bundle_path()
+
+
+def serve_bundles(items):
+    """`serve`'s --bundle values (None: VERIFIER_BUNDLE or its default) -> {modality: absolute path}.
+
+    Every bundle.json is read here (a clear error now, not in every worker); a duplicate or
+    badly named modality is a VerifierError (exit 2).
+    """
+    from verifier.core.bundle import read_meta
+    from verifier.core.modalities import parse_bundles
+
+    try:
+        bundles = parse_bundles(items) if items else settings.bundles()
+    except ValueError as exc:
+        raise VerifierError(f"--bundle: {exc}" if items else str(exc), code="bad_bundle") from None
+    resolved = {}
+    for name, path in bundles.items():
+        path = Path(path).resolve()
+        try:
+            read_meta(path)
+        except VerifierError as exc:
+            raise VerifierError(f"modality {name}: {exc.message}", code=exc.code, status=exc.status) from None
+        resolved[name] = path
+    return resolved
 
 
 def _quiet_tensorflow():
@@ -156,14 +185,15 @@ def check_store(args):
 
 
 def cmd_serve(args):
-    """Check the bundle and the store, make sure the fast path is exported, then exec gunicorn."""
-    from verifier.core.bundle import read_meta
+    """Check the bundles and the store, make sure each fast path is exported, then exec gunicorn."""
+    from verifier.core.modalities import format_bundles
 
-    bundle = Path(args.bundle).resolve()
-    read_meta(bundle)  # fail now, with a clear message, not in every worker
+    bundles = serve_bundles(args.bundle)  # fail now, with a clear message, not in every worker
     check_store(args)
-    _ensure_export(bundle)
-    env = dict(os.environ, VERIFIER_BUNDLE=str(bundle), VERIFIER_CREATE_STORE="0")  # the workers never make one
+    for bundle in bundles.values():
+        _ensure_export(bundle)
+    env = dict(os.environ, VERIFIER_BUNDLE=format_bundles(bundles),
+               VERIFIER_CREATE_STORE="0")  # the workers never make a store
     config = Path(__file__).parent.parent / "web" / "gunicorn_conf.py"
     argv = [sys.executable, "-m", "gunicorn", "--config", str(config), "--bind", f"{args.host}:{args.port}"]
     if args.workers:
@@ -204,7 +234,10 @@ def build_parser():
     verify.set_defaults(func=cmd_verify)
 
     serve = subparsers.add_parser("serve", help="run the HTTP API with gunicorn")
-    serve.add_argument("--bundle", default=default_bundle(), help="bundle directory (default: %(default)s)")
+    serve.add_argument("--bundle", action="append", metavar="[NAME=]DIR",
+                       help="a bundle to serve as modality NAME (repeat for several; the first is the default; a "
+                            "bare DIR is named from its profile) (default: $VERIFIER_BUNDLE or "
+                            f"{settings.default_bundles().replace('%', '%%')})")
     serve.add_argument("--port", type=_port, default=int(os.environ.get("PORT", 8000)))
     serve.add_argument("--host", default=os.environ.get("VERIFIER_HOST", "127.0.0.1"))
     serve.add_argument("--workers", type=_positive_int, help="gunicorn workers (default: $VERIFIER_WORKERS or CPUs)")

@@ -8,8 +8,13 @@
     python -m verifier keys create [--name] NAME [--scope read|write] | keys list | keys revoke ID
 
 Every command takes --database (default $DATABASE_URL, then sqlite:///verifier.db); those
-that embed take --bundle (default $VERIFIER_BUNDLE, then bundles/default). Answers are the
-API's JSON; verify-subject and identify print one readable line unless --json.
+that embed take --bundle [NAME=]DIR (default: the first bundle of $VERIFIER_BUNDLE, then
+bundles/face), one modality of the service: a bare DIR is named from its bundle's profile
+(face, signature, ...). They act as the service's routes do with that modality: `enroll`
+creates subjects of it, a subject of another modality is refused (409 modality_mismatch),
+identify and reembed see only its subjects. Subjects stored without a modality belong to
+the default one (the first of $VERIFIER_BUNDLE). `subjects create` takes --modality.
+Answers are the API's JSON; verify-subject and identify print one readable line unless --json.
 """
 
 import argparse
@@ -29,11 +34,34 @@ def _database(args):
     return open_store(args.database, keep_images=args.keep_images or settings.get("KEEP_IMAGES"))
 
 
+def _default_modality():
+    """The modality of subjects stored without one: the service's default (VERIFIER_BUNDLE's first)."""
+    try:
+        return next(iter(settings.bundles()))
+    except ValueError as exc:
+        raise VerifierError(str(exc), code="bad_bundle") from None
+
+
+def _bundle(text):
+    """--bundle [NAME=]DIR -> (modality, DIR)."""
+    from verifier.core.modalities import parse_bundles
+
+    try:
+        bundles = parse_bundles(text)
+    except ValueError as exc:
+        raise VerifierError(f"--bundle: {exc}", code="bad_bundle") from None
+    if len(bundles) != 1:
+        raise VerifierError(f"--bundle: give one bundle ([NAME=]DIR), not {len(bundles)}", code="bad_bundle")
+    return next(iter(bundles.items()))
+
+
 def _service(args):
     from verifier.core.scorer import Scorer
     from verifier.enrollment.service import EnrollmentService
 
-    return EnrollmentService(_database(args), Scorer.from_bundle(args.bundle))
+    modality, path = _bundle(args.bundle)
+    return EnrollmentService(_database(args), Scorer.from_bundle(path), modality=modality,
+                             default_modality=_default_modality())
 
 
 def _read(path):
@@ -61,6 +89,15 @@ def _metadata(text):
     return value
 
 
+def _modality(text):
+    from verifier.core.modalities import check_name
+
+    try:
+        return check_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _print(data):
     print(json.dumps(data, indent=2))
 
@@ -80,7 +117,7 @@ def cmd_verify_subject(args):
     _, probe = _read(args.image)
     result = service.verify(args.subject, probe, threshold=args.threshold, target_fmr=args.target_fmr)
     if args.json:
-        _print({**result, **service.scorer.describe()})
+        _print({**result, "modality": service.modality, **service.scorer.describe()})
     else:
         relation = "<=" if result["decision"] == "same" else ">"
         print(f"{result['decision']}: {args.subject}: fused distance ({result['fusion']['rule']} over "
@@ -94,7 +131,7 @@ def cmd_identify(args):
     _, probe = _read(args.image)
     result = service.identify(probe, top_k=args.top_k, threshold=args.threshold, target_fmr=args.target_fmr)
     if args.json:
-        _print({**result, **service.scorer.describe()})
+        _print({**result, "modality": service.modality, **service.scorer.describe()})
         return 0
     print(f"match: {result['match']}" if result["match"] else
           f"no match (nothing within threshold {result['threshold']:.4f}, policy {result['policy']})")
@@ -107,16 +144,22 @@ def cmd_identify(args):
 def cmd_subjects(args):
     store = _database(args)
     action = args.action or "list"
+    default = _default_modality()
+
+    def shown(subject):
+        return {**subject, "modality": subject["modality"] or default}
+
     if action == "list":
-        subjects, next_after, total = store.list_subjects(args.limit, args.after)
-        _print({"subjects": subjects, "next_after": next_after, "total": total})
+        subjects, next_after, total = store.list_subjects(args.limit, args.after, modality=args.modality,
+                                                          default_modality=default)
+        _print({"subjects": [shown(s) for s in subjects], "next_after": next_after, "total": total})
         return 0
     if not args.id:
         raise VerifierError(f"subjects {action} needs a subject id", code="missing_argument")
     if action == "show":
-        _print(store.get_subject(args.id))
+        _print(shown(store.get_subject(args.id)))
     elif action == "create":
-        _print(store.create_subject(args.id, args.metadata))
+        _print(shown(store.create_subject(args.id, args.metadata, modality=args.modality or default)))
     else:
         store.delete_subject(args.id)
         _print({"id": args.id, "deleted": True})
@@ -125,7 +168,7 @@ def cmd_subjects(args):
 
 def cmd_reembed(args):
     result = _service(args).reembed(dry_run=args.dry_run)
-    if result["must_reenroll"]:
+    if result["must_reenroll"]:  # of this modality only: another's templates are not stale
         print(f"{len(result['must_reenroll'])} subject(s) have templates without a kept image and must be "
               f"re-enrolled: {', '.join(result['must_reenroll'])}", file=sys.stderr)
     _print(result)
@@ -162,8 +205,9 @@ def _common(parser, *, bundle):
     parser.add_argument("--keep-images", action="store_true",
                         help="keep enrolled images so a new bundle can re-embed them (or $VERIFIER_KEEP_IMAGES=1)")
     if bundle:
-        parser.add_argument("--bundle", default=settings.get("VERIFIER_BUNDLE"),
-                            help="bundle directory (default: $VERIFIER_BUNDLE or %(default)s)")
+        parser.add_argument("--bundle", default=settings.default_bundle_spec(), metavar="[NAME=]DIR",
+                            help="bundle directory, optionally named as modality NAME (default: the first of "
+                                 "$VERIFIER_BUNDLE, %(default)s)")
 
 
 def _overrides(parser):
@@ -204,6 +248,9 @@ def add_commands(subparsers):
                           help=f"subjects per page, 1-{MAX_PAGE} (default: %(default)s)")
     subjects.add_argument("--after", help="list subjects after this id (paging)")
     subjects.add_argument("--metadata", type=_metadata, help="JSON object for `subjects create`")
+    subjects.add_argument("--modality", type=_modality,
+                          help="`create`: the subject's modality (default: the default one, the first of "
+                               "$VERIFIER_BUNDLE); `list`: only its subjects")
     _common(subjects, bundle=False)
     subjects.set_defaults(func=cmd_subjects)
 

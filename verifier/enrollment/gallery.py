@@ -44,13 +44,16 @@ class _Snapshot:
 
 
 class Gallery:
-    """The templates of one bundle, searchable by fused distance with one fusion rule."""
+    """The templates of one bundle (and, given one, of one modality's subjects), searchable by fused
+    distance with one fusion rule."""
 
-    def __init__(self, store, bundle_id, metric, rule):
+    def __init__(self, store, bundle_id, metric, rule, *, modality=None, default_modality=None):
         if rule not in RULES:
             raise ValueError(f"unknown fusion rule {rule!r}; known: {', '.join(RULES)}")
         self.store = store
         self.bundle_id = bundle_id
+        self.modality = modality
+        self.default_modality = default_modality
         self.metric = metric
         self.distance = get_metric(metric)
         self.rule = rule
@@ -58,6 +61,12 @@ class Gallery:
         self._lock = threading.Lock()
         self.reloads = 0  # whole loads
         self.appends = 0  # incremental refreshes
+
+    def _which(self):
+        """The store's modality filter for this gallery (none without a modality)."""
+        if self.modality is None:
+            return {}
+        return {"modality": self.modality, "default_modality": self.default_modality}
 
     def _keys(self, rows):
         """Comparison keys for rows or centroids, as the metric compares them (float32)."""
@@ -98,7 +107,7 @@ class Gallery:
 
     def _load(self, version, removals):
         """Every row written up to `version` (later rows are fetched by the next refresh)."""
-        subject_ids, templates = self.store.gallery(self.bundle_id, upto=version)
+        subject_ids, templates = self.store.gallery(self.bundle_id, upto=version, **self._which())
         codes, index = self._codes(subject_ids, {})
         templates = np.ascontiguousarray(templates, dtype=np.float32)
         return self._snap(version, removals, index, codes, templates,
@@ -106,7 +115,7 @@ class Gallery:
 
     def _append(self, snap, version):
         """The cached rows plus those written in (snap.version, version]; no removal happened."""
-        subject_ids, new = self.store.gallery(self.bundle_id, after=snap.version, upto=version)
+        subject_ids, new = self.store.gallery(self.bundle_id, after=snap.version, upto=version, **self._which())
         if not subject_ids:
             return self._snap(version, snap.removals, snap.index, snap.row_subject, snap.templates,
                               snap.sums, snap.keys, snap.key_norms)

@@ -6,7 +6,10 @@
     identify  1:N: the top-k subjects by fused distance, "no match" when none passes
     reembed   move templates to the current bundle where images were kept; list the rest
 
-Templates made by another bundle are never compared with the current one. The fusion rule,
+Each service serves one modality (one bundle): a subject of another modality is a 409
+`modality_mismatch` to enroll into or verify against, and identify searches only this
+modality's subjects. A subject created before modalities existed (NULL) belongs to the
+default modality. Templates made by another bundle are never compared with the current one. The fusion rule,
 threshold and confidence map come from calibration.json's "fusion" section, fitted with
 the same protocol (k enrolled images per held-out identity, the rest as probes), so a
 subject decision means what a pair decision means.
@@ -22,6 +25,7 @@ from verifier.core.timing import Stopwatch
 from verifier.enrollment import quality
 from verifier.enrollment.gallery import Gallery
 from verifier.enrollment.store import Conflict, check_subject_id
+from verifier.enrollment.store.base import check_modality
 
 TOP_K = 5  # candidates identify returns unless asked otherwise
 MAX_TOP_K = 100
@@ -54,11 +58,18 @@ class NotCalibrated(VerifierError):
 
 
 class EnrollmentService:
-    """Enrollment, subject verify, identify and re-embed for one scorer and one store."""
+    """Enrollment, subject verify, identify and re-embed for one scorer and one store.
 
-    def __init__(self, store, scorer):
+    `modality` names the scorer's modality and `default_modality` the one that subjects stored
+    without a modality belong to (the same when omitted). `modality` None: no modality checks
+    (a store of one bundle, as before modalities).
+    """
+
+    def __init__(self, store, scorer, *, modality=None, default_modality=None):
         self.store = store
         self.scorer = scorer
+        self.modality = modality
+        self.default_modality = default_modality if default_modality is not None else modality
         self._gallery = None
         self._lock = threading.Lock()
 
@@ -84,7 +95,8 @@ class EnrollmentService:
         rule = self.fusion()["rule"]
         with self._lock:
             if self._gallery is None or self._gallery.rule != rule:
-                self._gallery = Gallery(self.store, self.scorer.bundle_id, self.scorer.metric, rule)
+                self._gallery = Gallery(self.store, self.scorer.bundle_id, self.scorer.metric, rule,
+                                        modality=self.modality, default_modality=self.default_modality)
             return self._gallery
 
     # -- enroll -------------------------------------------------------------------------
@@ -116,16 +128,24 @@ class EnrollmentService:
         embeddings = self.scorer.embed_inputs(acquired.inputs)
         kept_raw = [raw[i] for i in keep] if raw is not None else None
         ids = self.store.add_templates(subject_id, self.scorer.bundle_id, embeddings, kept_raw,
-                                       create=create, metadata=metadata)
-        return {"subject_id": subject_id, "template_ids": ids, "enrolled": len(ids),
+                                       create=create, metadata=metadata, modality=self.modality,
+                                       default_modality=self.default_modality)
+        return {"subject_id": subject_id, "modality": self.modality, "template_ids": ids, "enrolled": len(ids),
                 "failures": failures, "failure_to_enrol": len(failures), "model": self.scorer.bundle_id,
                 "timings_ms": {"total": clock.total()}}
 
     # -- verify -------------------------------------------------------------------------
 
+    def check_subject(self, subject_id):
+        """409 `modality_mismatch` when the subject belongs to another modality (before any image work)."""
+        stored = self.store.get_subject(subject_id)["modality"]
+        check_modality(subject_id, stored, self.modality, self.default_modality)
+
     def current_templates(self, subject_id):
-        """The subject's templates made by the current bundle; 409 when it has only others."""
-        by_bundle = self.store.subject_embeddings(subject_id)
+        """The subject's templates made by the current bundle; 409 when it is of another modality
+        (`modality_mismatch`) or has only templates of other bundles (`bundle_mismatch`)."""
+        stored, by_bundle = self.store.subject_templates(subject_id)
+        check_modality(subject_id, stored, self.modality, self.default_modality)
         current = by_bundle.get(self.scorer.bundle_id)
         if current is not None:
             return current
@@ -150,7 +170,7 @@ class EnrollmentService:
         distance = fused_distances(embedding, templates, self.scorer.metric, fusion["rule"])
         result = rule.decide(distance)[0]
         clock.lap("compare")
-        return {**result, "subject_id": subject_id, "model": self.scorer.bundle_id,
+        return {**result, "subject_id": subject_id, "modality": self.modality, "model": self.scorer.bundle_id,
                 "calibration_id": self.scorer.calibration_id,
                 "fusion": {"rule": fusion["rule"], "templates": int(len(templates))},
                 "timings_ms": clock.laps}
@@ -177,7 +197,7 @@ class EnrollmentService:
                 "threshold": rule.threshold, "policy": rule.policy,
                 "fusion": {"rule": gallery.rule},
                 "gallery": {"subjects": len(snap.subjects), "templates": int(len(snap.templates))},
-                "model": self.scorer.bundle_id, "calibration_id": self.scorer.calibration_id,
+                "modality": self.modality, "model": self.scorer.bundle_id, "calibration_id": self.scorer.calibration_id,
                 "timings_ms": clock.laps}
 
     # -- re-embed -----------------------------------------------------------------------
@@ -188,7 +208,8 @@ class EnrollmentService:
         Templates move to the current bundle in batches, each one transaction. A kept image
         that no longer decodes counts as not kept.
         """
-        stale = self.store.stale_templates(self.scorer.bundle_id)
+        stale = self.store.stale_templates(self.scorer.bundle_id, modality=self.modality,
+                                           default_modality=self.default_modality)
         with_image = [tid for tid, _, _, has in stale if has]
         must_reenroll = {subject for _, subject, _, has in stale if not has}
         subject_of = {tid: subject for tid, subject, _, _ in stale}
@@ -206,6 +227,6 @@ class EnrollmentService:
                 if ids:
                     embeddings = self.scorer.embed(images)
                     reembedded += self.store.replace_embeddings(self.scorer.bundle_id, list(zip(ids, embeddings)))
-        return {"model": self.scorer.bundle_id, "stale_templates": len(stale),
+        return {"modality": self.modality, "model": self.scorer.bundle_id, "stale_templates": len(stale),
                 "reembeddable": len(with_image), "reembedded": reembedded, "dry_run": dry_run,
                 "must_reenroll": sorted(must_reenroll)}

@@ -14,7 +14,7 @@ from verifier import settings
 from verifier.core.acquisition import NoFaceFound
 from verifier.core.errors import VerifierError
 from verifier.web import auth, calibration_view, metrics, openapi, page, subjects, verify
-from verifier.web.extensions import Enrollment, LazyScorer
+from verifier.web.extensions import Enrollment, Scorers
 
 HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
               413: "request_too_large", 415: "unsupported_media_type"}
@@ -60,7 +60,7 @@ def create_app(config=None):
     app.config.update(settings.load(config))
     app.json.sort_keys = False
     app.logger.setLevel(logging.INFO)
-    LazyScorer(app)
+    Scorers(app)
     Enrollment(app)
     app.register_blueprint(verify.bp)
     app.register_blueprint(subjects.bp)

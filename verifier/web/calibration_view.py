@@ -1,4 +1,4 @@
-"""GET /v1/calibration: what the page charts, read from the served bundle's calibration.json.
+"""GET /v1/calibration?modality=: what the page charts, read from a served bundle's calibration.json.
 
 The dev operating points give the ROC and DET curves (thinned to at most `MAX_POINTS`)
 and, being the step CDFs of the genuine and impostor distances, their histograms too.
@@ -6,10 +6,10 @@ The reliability tables and figures (with counts and intervals) are calibration.j
 """
 
 import numpy as np
-from flask import Blueprint, jsonify
+from flask import Blueprint, jsonify, request
 
 from verifier.core.errors import VerifierError
-from verifier.web.extensions import get_scorer
+from verifier.web.extensions import describe, get_scorer, modality_name
 from verifier.web.openapi import error_response, json_content, operation, ref
 
 bp = Blueprint("calibration_view", __name__)
@@ -116,13 +116,15 @@ def calibration_view(calibration, target_fmrs):
 
 
 @bp.get("/v1/calibration")
-@operation({"summary": "The served bundle's calibration: curves, histograms, reliability, figures",
+@operation({"summary": "A served modality's calibration: curves, histograms, reliability, figures",
             "operationId": "getCalibration", "tags": ["service"],
-            "responses": {"200": {"description": "What the page charts.",
+            "parameters": [ref("parameters", "Modality")],
+            "responses": {"400": ref("responses", "BadRequest"), "200": {"description": "What the page charts.",
                                   "content": json_content(ref("schemas", "CalibrationView"))},
                           "503": error_response("The bundle is not calibrated or could not be loaded.")}})
 def calibration():
-    """The served bundle's calibration, shaped for charts (ROC, DET, histograms, reliability)."""
-    scorer = get_scorer()
+    """A modality's calibration (`?modality=`, default the default one), shaped for charts."""
+    modality = modality_name(request.args.get("modality") or None)
+    scorer = get_scorer(modality)
     scorer.rule()  # 503 not_calibrated without calibration.json
-    return jsonify({**scorer.describe(), **calibration_view(scorer.calibration, supported_target_fmrs(scorer))})
+    return jsonify({**describe(modality), **calibration_view(scorer.calibration, supported_target_fmrs(scorer))})

@@ -78,19 +78,21 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
-    """Load and warm this worker's scorer (after the fork, before serving), and say how it went."""
+    """Load and warm this worker's scorers, one per modality (after the fork, before serving), and say how it went."""
     from verifier.core.errors import VerifierError
-    from verifier.web.extensions import scorer_holder
+    from verifier.web.extensions import scorers
 
     app = worker.wsgi
-    try:
-        scorer = scorer_holder(app).get()
-    except VerifierError as exc:  # the worker still serves: /readyz and every verify answer 503
-        worker.log.error("worker %s: bundle not loaded: %s", worker.pid, exc.message)
-        return
-    agreement = "" if scorer.agreement is None else f", max abs embedding difference vs model.keras {scorer.agreement:.3g}"
-    worker.log.info("worker %s: bundle %s (calibration %s) ready on %s%s", worker.pid, scorer.bundle_id,
-                    scorer.calibration_id, scorer.backend, agreement)
+    for name, holder in scorers(app).holders.items():
+        try:
+            scorer = holder.get()
+        except VerifierError as exc:  # the worker still serves: /readyz and that modality's routes answer 503
+            worker.log.error("worker %s: modality %s: bundle not loaded: %s", worker.pid, name, exc.message)
+            continue
+        agreement = ("" if scorer.agreement is None
+                     else f", max abs embedding difference vs model.keras {scorer.agreement:.3g}")
+        worker.log.info("worker %s: modality %s: bundle %s (calibration %s) ready on %s%s", worker.pid, name,
+                        scorer.bundle_id, scorer.calibration_id, scorer.backend, agreement)
 
 
 def child_exit(server, worker):

@@ -24,7 +24,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from verifier.core.errors import VerifierError
 from verifier.core.images import decode_image, probe
-from verifier.web.extensions import get_scorer
+from verifier.web.extensions import get_scorer, modality_name
 
 OPTION_NAMES = ("threshold", "target_fmr")
 MAX_NUMBER_DIGITS = 64  # longer JSON integers are refused before they reach float() and overflow
@@ -85,7 +85,7 @@ def _min_side_wanted():
     Twice the model input's longer side for profiles that take the image whole; four chip sides
     where a face is detected first, so a face a quarter of the frame still fills its chip.
     """
-    profile = get_scorer().profile
+    profile = get_scorer(request_modality()).profile
     return 4 * profile.height if profile.detector else 2 * max(profile.height, profile.width)
 
 
@@ -197,6 +197,21 @@ def as_int(value):
         except ValueError:
             return value
     return value
+
+
+def request_modality():
+    """The served modality the request names in its `modality` field (a multipart form field, a JSON
+    key, or the query string), or the default one when it names none; 400 `unknown_modality` otherwise."""
+    if "modality" not in g:
+        value = None
+        if request.mimetype == "multipart/form-data":
+            value = request.form.get("modality")
+        elif request.mimetype == "application/json" and request.method != "GET":
+            value = json_body().get("modality")
+        if value is None or value == "":
+            value = request.args.get("modality")
+        g.modality = modality_name(value)
+    return g.modality
 
 
 def options_from_request(names=OPTION_NAMES):

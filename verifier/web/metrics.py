@@ -15,12 +15,12 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from verifier.enrollment.keys import READ
 from verifier.web.auth import AUTH_ERRORS, SECURITY, SERVICE, needs_key
-from verifier.web.extensions import scorer_holder
+from verifier.web.extensions import scorers
 from verifier.web.openapi import operation
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
-MODEL_LABELS = ("model", "calibration_id", "profile", "metric", "backend")  # Scorer.describe()'s keys
+MODEL_LABELS = ("modality", "model", "calibration_id", "profile", "metric", "backend")  # extensions.describe()'s
 
 prometheus_client.disable_created_metrics()  # no *_created series: the same names as in multiprocess mode
 
@@ -32,7 +32,7 @@ DECISIONS = Counter("verifier_decisions_total", "Verification decisions by route
 FAILURES_TO_ACQUIRE = Counter("verifier_failures_to_acquire_total",
                               "Requests refused because no face was found, by route.", ("route",))
 # livemax: one series per model served by a live worker (no pid label); a dead worker's is dropped.
-MODEL_INFO = Gauge("verifier_model_info", "The bundle and calibration the workers serve.", MODEL_LABELS,
+MODEL_INFO = Gauge("verifier_model_info", "The bundle and calibration the workers serve, per modality.", MODEL_LABELS,
                    multiprocess_mode="livemax")
 
 bp = Blueprint("prometheus", __name__)
@@ -48,12 +48,13 @@ bp = Blueprint("prometheus", __name__)
 def metrics_text():
     """Prometheus text format 0.0.4: requests, latency histogram, decisions and model, summed over workers.
 
-    The answering worker sets its model gauge here: the scorer may have loaded lazily, after init_app.
+    The answering worker sets its model gauges here (one per loaded modality): the scorers may
+    have loaded lazily, after init_app.
     """
-    scorer = scorer_holder().scorer
-    if scorer is not None:
-        described = scorer.describe()
-        MODEL_INFO.labels(**{label: described.get(label) or "" for label in MODEL_LABELS}).set(1)
+    for name, holder in scorers().holders.items():
+        if holder.scorer is not None:
+            described = {"modality": name, **holder.scorer.describe()}
+            MODEL_INFO.labels(**{label: described.get(label) or "" for label in MODEL_LABELS}).set(1)
     return Response(prometheus_client.generate_latest(_registry()), content_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 

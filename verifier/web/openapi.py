@@ -5,7 +5,7 @@ blueprint's own component schemas are its `openapi_schemas` dict. `build_spec(ap
 the app's URL map, so every registered route appears and nothing else does. Shared pieces
 live here: schemas `Error`, `Decision`, `ModelFields`, `Timings`; responses `BadRequest`,
 `PayloadTooLarge`, `UnsupportedMediaType`, `Unprocessable`, `NotCalibrated`; parameters
-`Threshold`, `TargetFmr`.
+`Threshold`, `TargetFmr`, `Modality` (and `MODALITY`, the field's schema in request bodies).
 """
 
 import re
@@ -37,6 +37,11 @@ def json_content(schema):
 def error_response(description):
     return {"description": description, "content": json_content(ref("schemas", "Error"))}
 
+
+MODALITY = {"type": "string", "example": "face",
+            "description": "The served modality (bundle) to use: `face`, `signature`, ... as listed by "
+                           "GET /v1/modalities; absent: the default (first) one. Another name answers 400 "
+                           "`unknown_modality`."}
 
 NUMBER_OPTIONS = {
     "threshold": {"type": "number", "minimum": 0,
@@ -71,8 +76,9 @@ SCHEMAS = {
         },
     },
     "ModelFields": {
-        "type": "object", "required": ["model", "calibration_id", "profile", "metric", "backend"],
+        "type": "object", "required": ["modality", "model", "calibration_id", "profile", "metric", "backend"],
         "properties": {
+            "modality": {"type": "string", "example": "face", "description": "The modality that answered."},
             "model": {"type": "string", "description": "Bundle id (content hash)."},
             "calibration_id": {"type": "string", "nullable": True},
             "profile": {"type": "string", "example": "face"},
@@ -87,7 +93,8 @@ SCHEMAS = {
 }
 
 RESPONSES = {
-    "BadRequest": error_response("Missing field, zero-byte image, bad base64 or JSON, bad option."),
+    "BadRequest": error_response("Missing field, zero-byte image, bad base64 or JSON, bad option, or a "
+                                 "modality the service does not serve (`unknown_modality`)."),
     "PayloadTooLarge": error_response("Request, image bytes, image pixels (each image's, "
                                       "or all of a request's by their headers) or image count over the limit."),
     "UnsupportedMediaType": error_response("Not multipart/form-data or application/json, or not an image."),
@@ -103,6 +110,7 @@ SECURITY_SCHEMES = {"ApiKey": {"type": "apiKey", "in": "header", "name": HEADER,
 PARAMETERS = {
     "Threshold": {"name": "threshold", "in": "query", "required": False, "schema": NUMBER_OPTIONS["threshold"]},
     "TargetFmr": {"name": "target_fmr", "in": "query", "required": False, "schema": NUMBER_OPTIONS["target_fmr"]},
+    "Modality": {"name": "modality", "in": "query", "required": False, "schema": MODALITY},
 }
 
 INPUT_ERRORS = {status: ref("responses", name) for status, name in (

@@ -1,4 +1,4 @@
-"""Pair verification and service routes: /v1/verify, /v1/verify/batch, /healthz, /readyz.
+"""Pair verification and service routes: /v1/verify, /v1/verify/batch, /healthz, /readyz, /v1/modalities.
 
 Each view carries its OpenAPI operation (`@operation`, under the route); the schemas only
 these operations use are `bp.openapi_schemas`.
@@ -12,9 +12,10 @@ from verifier.core.timing import Stopwatch
 from verifier.enrollment.keys import READ
 from verifier.web import metrics
 from verifier.web.auth import AUTH_ERRORS, SECURITY, SERVICE, needs_key
-from verifier.web.extensions import get_scorer, scorer_holder
-from verifier.web.inputs import decode_lists, images_from_request, options_from_request, raw_list
-from verifier.web.openapi import INPUT_ERRORS, NUMBER_OPTIONS, error_response, json_content, operation, ref
+from verifier.web.extensions import describe, get_scorer, scorers
+from verifier.web.inputs import decode_lists, images_from_request, options_from_request, raw_list, request_modality
+from verifier.web.openapi import (INPUT_ERRORS, MODALITY, NUMBER_OPTIONS, error_response, json_content, operation,
+                                  ref)
 
 bp = Blueprint("verify", __name__)
 
@@ -30,11 +31,16 @@ bp.openapi_schemas = {
             "count": {"type": "integer"},
             "timings_ms": ref("schemas", "Timings")}},
     ]},
-    "Ready": {"allOf": [ref("schemas", "ModelFields"), {
-        "type": "object", "required": ["status", "calibrated", "fast_path_max_abs_diff"], "properties": {
-            "status": {"type": "string", "enum": ["ready"]},
+    "ModalityReady": {"allOf": [ref("schemas", "ModelFields"), {
+        "type": "object", "required": ["calibrated", "fast_path_max_abs_diff"], "properties": {
             "calibrated": {"type": "boolean"},
             "fast_path_max_abs_diff": {"type": "number", "nullable": True}}}]},
+    "Ready": {"allOf": [ref("schemas", "ModalityReady"), {
+        "type": "object", "required": ["status", "modalities"], "properties": {
+            "status": {"type": "string", "enum": ["ready"]},
+            "modalities": {"type": "object", "description": "Each served modality's model, by name; the "
+                                                            "top-level fields are the default modality's.",
+                           "additionalProperties": ref("schemas", "ModalityReady")}}}]},
 }
 
 
@@ -46,12 +52,13 @@ def _verify_operation(summary, operation_id, result, *, batch=False):
 
     def body(field):
         return {"type": "object", "required": ["image_a", "image_b"],
-                "properties": {"image_a": field, "image_b": field, **NUMBER_OPTIONS}}
+                "properties": {"image_a": field, "image_b": field, **NUMBER_OPTIONS, "modality": MODALITY}}
 
     return {"summary": summary, "operationId": operation_id, "tags": ["verify"],
             "description": "Needs a key (scope read) in X-API-Key once an API key was ever created, unless "
                            "VERIFIER_PROTECT=enrollment.", "security": SECURITY,
-            "parameters": [ref("parameters", "Threshold"), ref("parameters", "TargetFmr")],
+            "parameters": [ref("parameters", "Threshold"), ref("parameters", "TargetFmr"),
+                           ref("parameters", "Modality")],
             "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": body(binary)},
                                                           "application/json": {"schema": body(text)}}},
             "responses": {"200": {"description": "Decision(s).", "content": json_content(ref("schemas", result))},
@@ -65,14 +72,15 @@ def verify():
     """Two images -> distance, decision, calibrated confidence, threshold and the policy behind it."""
     clock = Stopwatch()
     options = options_from_request()
-    scorer = get_scorer()
+    modality = request_modality()  # 400 unknown_modality before anything else
+    scorer = get_scorer(modality)
     scorer.rule(**options)  # 503 uncalibrated / 400 or 422 bad option before any decoding
     images = images_from_request(("image_a", "image_b"))
     decoded = clock.lap("decode")
     (decision,), timings = scorer.verify([images["image_a"]], [images["image_b"]], **options,
                                          names=["image_a", "image_b"])
     metrics.record_decisions([decision])
-    return jsonify({**decision, **scorer.describe(),
+    return jsonify({**decision, **describe(modality),
                     "timings_ms": {"decode": decoded, **timings, "total": clock.total()}})
 
 
@@ -84,7 +92,8 @@ def verify_batch():
     """Many pairs: image_a[i] with image_b[i] (repeated multipart fields or JSON arrays), one batch."""
     clock = Stopwatch()
     options = options_from_request()
-    scorer = get_scorer()
+    modality = request_modality()
+    scorer = get_scorer(modality)
     scorer.rule(**options)
     limit = current_app.config["MAX_BATCH_PAIRS"]
     fields = {name: raw_list(name) for name in ("image_a", "image_b")}
@@ -100,7 +109,7 @@ def verify_batch():
     names = [f"{name}[{i}]" for name in ("image_a", "image_b") for i in range(count_a)]
     decisions, timings = scorer.verify(images["image_a"], images["image_b"], **options, names=names)
     metrics.record_decisions(decisions)
-    return jsonify({"results": decisions, "count": len(decisions), **scorer.describe(),
+    return jsonify({"results": decisions, "count": len(decisions), **describe(modality),
                     "timings_ms": {"decode": decoded, **timings, "total": clock.total()}})
 
 
@@ -115,19 +124,69 @@ def healthz():
 
 
 @bp.get("/readyz")
-@operation({"summary": "Readiness: model loaded and warm in this worker", "operationId": "readyz",
+@operation({"summary": "Readiness: every modality's model loaded and warm in this worker", "operationId": "readyz",
             "tags": ["service"],
             "responses": {"200": {"description": "Ready.", "content": json_content(ref("schemas", "Ready"))},
-                          "503": error_response("Not ready yet, or the bundle cannot be loaded.")}})
+                          "503": error_response("Not ready yet, or a modality's bundle cannot be loaded.")}})
 def readyz():
-    """200 once this worker's scorer is loaded and warm; 503 with the reason before that."""
-    holder = scorer_holder()
-    scorer = holder.scorer
-    if scorer is None or not scorer.warm:
-        message = holder.error.message if holder.error else "the model is not loaded yet"
-        response = jsonify({"error": {"code": "not_ready", "message": message}})
+    """200 once this worker's scorers (every modality's) are loaded and warm; 503 with the reasons before that."""
+    served = scorers()
+    ready, waiting = {}, []
+    for name, holder in served.holders.items():
+        scorer = holder.scorer
+        if scorer is None or not scorer.warm:
+            reason = holder.error.message if holder.error else "the model is not loaded yet"
+            waiting.append(f"{name}: {reason}" if len(served.holders) > 1 else reason)
+            continue
+        ready[name] = {"modality": name, **scorer.describe(), "calibrated": scorer.calibration is not None,
+                       "fast_path_max_abs_diff": scorer.agreement}
+    if waiting:
+        response = jsonify({"error": {"code": "not_ready", "message": "; ".join(waiting)}})
         response.status_code = 503
         return response
-    return jsonify({"status": "ready", **scorer.describe(), "calibrated": scorer.calibration is not None,
-                    "fast_path_max_abs_diff": scorer.agreement})
+    return jsonify({"status": "ready", **ready[served.default], "modalities": ready})
 
+
+
+bp.openapi_schemas["ModalityInfo"] = {
+    "type": "object", "required": ["modality", "default", "ready"], "properties": {
+        "modality": {"type": "string", "example": "face"},
+        "default": {"type": "boolean", "description": "Whether requests that name no modality get this one."},
+        "ready": {"type": "boolean", "description": "Whether its bundle loaded (else `error` says why)."},
+        "model": {"type": "string", "description": "Bundle id (content hash)."},
+        "calibration_id": {"type": "string", "nullable": True},
+        "profile": {"type": "string"}, "metric": {"type": "string"}, "backend": {"type": "string"},
+        "calibrated": {"type": "boolean"},
+        "policy": {"type": "string", "nullable": True, "description": "The calibration's threshold policy."},
+        "threshold": {"type": "number", "nullable": True, "description": "The calibrated pair threshold."},
+        "subject_threshold": {"type": "number", "nullable": True,
+                              "description": "The calibrated threshold of subject decisions (fusion), if any."},
+        "error": {"type": "string", "nullable": True}}}
+
+
+@bp.get("/v1/modalities")
+@operation({"summary": "The served modalities (bundles): the default first", "operationId": "listModalities",
+            "tags": ["service"],
+            "responses": {"200": {"description": "Each served modality with its bundle and calibrated threshold.",
+                                  "content": json_content({
+                                      "type": "object", "required": ["default", "modalities"], "properties": {
+                                          "default": {"type": "string"},
+                                          "modalities": {"type": "array",
+                                                         "items": ref("schemas", "ModalityInfo")}}})}}})
+def modalities():
+    """Every served modality, in order (the default first): bundle id, profile, calibrated thresholds."""
+    served = scorers()
+    out = []
+    for name, holder in served.holders.items():
+        item = {"modality": name, "default": name == served.default}
+        try:
+            scorer = holder.get()
+        except VerifierError as exc:
+            out.append({**item, "ready": False, "error": exc.message})
+            continue
+        calibration = scorer.calibration or {}
+        fusion = calibration.get("fusion") or {}
+        out.append({**item, "ready": True, **scorer.describe(), "calibrated": bool(calibration),
+                    "policy": calibration.get("policy"), "threshold": calibration.get("threshold"),
+                    "subject_threshold": fusion.get("threshold"), "error": None})
+    return jsonify({"default": served.default, "modalities": out})

@@ -67,6 +67,35 @@ def check_page_limit(limit):
     return limit
 
 
+def modality_filter(modality, default_modality, column="s.modality"):
+    """SQL (` AND ...`) and parameters keeping rows of `modality`; NULL counts as `default_modality`.
+
+    `modality` None keeps every row (callers that know of one bundle only).
+    """
+    if modality is None:
+        return "", ()
+    if modality == default_modality:
+        return f" AND ({column} = ? OR {column} IS NULL)", (modality,)
+    return f" AND {column} = ?", (modality,)
+
+
+def modality_mismatch(subject_id, subject_modality, wanted):
+    """The 409 for a subject used through another modality than its own."""
+    return Conflict(f"subject {subject_id!r} belongs to modality {subject_modality!r}, but this request uses "
+                    f"modality {wanted!r}: a subject is compared only by the bundle of its own modality. "
+                    f"Send modality={subject_modality} with the request, or use a subject of modality {wanted!r}",
+                    code="modality_mismatch")
+
+
+def check_modality(subject_id, stored, wanted, default_modality):
+    """409 `modality_mismatch` unless the subject (its stored modality, NULL = the default) is `wanted`'s."""
+    if wanted is None:
+        return
+    effective = stored if stored is not None else default_modality
+    if effective != wanted:
+        raise modality_mismatch(subject_id, effective, wanted)
+
+
 def embedding_bytes(vector):
     """One embedding as little-endian float32 bytes, the stored form."""
     return np.asarray(vector, dtype="<f4").tobytes()
@@ -230,45 +259,49 @@ class SqlStore:
 
     # -- subjects ----------------------------------------------------------------------
 
-    def create_subject(self, subject_id, metadata=None):
-        """Create a subject; Conflict when the id is taken. Returns the subject as a dict."""
+    def create_subject(self, subject_id, metadata=None, modality=None):
+        """Create a subject (of `modality`; None: the default one); Conflict when the id is taken."""
         check_subject_id(subject_id)
         text = check_metadata(metadata)
         created = now()
         with self.transaction(write=True) as tx:
-            tx.run("INSERT INTO subjects (id, metadata, created) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                   (subject_id, text, created))
+            tx.run("INSERT INTO subjects (id, metadata, created, modality) VALUES (?, ?, ?, ?) "
+                   "ON CONFLICT (id) DO NOTHING", (subject_id, text, created, modality))
             if tx.rowcount != 1:
                 raise Conflict(f"subject {subject_id!r} already exists", code="subject_exists")
-        return {"id": subject_id, "metadata": json.loads(text), "created": created, "template_count": 0,
-                "templates_by_bundle": {}}
+        return {"id": subject_id, "metadata": json.loads(text), "created": created, "modality": modality,
+                "template_count": 0, "templates_by_bundle": {}}
 
     @retried_read
     def get_subject(self, subject_id):
         """A subject with its template counts per bundle; NotFound when absent."""
         with self.transaction() as tx:
-            row = tx.one("SELECT id, metadata, created FROM subjects WHERE id = ?", (subject_id,))
+            row = tx.one("SELECT id, metadata, created, modality FROM subjects WHERE id = ?", (subject_id,))
             if row is None:
                 raise NotFound(f"subject {subject_id!r} not found", code="subject_not_found")
             counts = tx.all("SELECT bundle_id, COUNT(*) FROM templates WHERE subject_id = ? "
                             "GROUP BY bundle_id ORDER BY bundle_id", (subject_id,))
         by_bundle = {bundle: int(n) for bundle, n in counts}
-        return {"id": row[0], "metadata": json.loads(row[1]), "created": row[2],
+        return {"id": row[0], "metadata": json.loads(row[1]), "created": row[2], "modality": row[3],
                 "template_count": sum(by_bundle.values()), "templates_by_bundle": by_bundle}
 
     @retried_read
-    def list_subjects(self, limit=PAGE_SIZE, after=None):
-        """One page of subjects in id order after the id `after`; returns (subjects, next_after, total)."""
+    def list_subjects(self, limit=PAGE_SIZE, after=None, *, modality=None, default_modality=None):
+        """One page of subjects in id order after the id `after`; returns (subjects, next_after, total).
+
+        With `modality`, only its subjects (NULL counting as `default_modality`'s), and `total` of them.
+        """
         check_page_limit(limit)
+        where, params = modality_filter(modality, default_modality)
         with self.transaction() as tx:
             rows = tx.all(
-                "SELECT s.id, s.metadata, s.created, COUNT(t.id) FROM subjects s "
-                "LEFT JOIN templates t ON t.subject_id = s.id WHERE s.id > ? "
-                "GROUP BY s.id, s.metadata, s.created ORDER BY s.id LIMIT ?",
-                (after or "", limit + 1))
-            total = tx.one("SELECT COUNT(*) FROM subjects")[0]
-        subjects = [{"id": r[0], "metadata": json.loads(r[1]), "created": r[2], "template_count": int(r[3])}
-                    for r in rows[:limit]]
+                "SELECT s.id, s.metadata, s.created, s.modality, COUNT(t.id) FROM subjects s "
+                f"LEFT JOIN templates t ON t.subject_id = s.id WHERE s.id > ?{where} "
+                "GROUP BY s.id, s.metadata, s.created, s.modality ORDER BY s.id LIMIT ?",
+                (after or "", *params, limit + 1))
+            total = tx.one(f"SELECT COUNT(*) FROM subjects s WHERE 1 = 1{where}", params)[0]
+        subjects = [{"id": r[0], "metadata": json.loads(r[1]), "created": r[2], "modality": r[3],
+                     "template_count": int(r[4])} for r in rows[:limit]]
         next_after = subjects[-1]["id"] if len(rows) > limit else None
         return subjects, next_after, int(total)
 
@@ -282,11 +315,14 @@ class SqlStore:
 
     # -- templates ---------------------------------------------------------------------
 
-    def add_templates(self, subject_id, bundle_id, embeddings, images=None, *, create=False, metadata=None):
+    def add_templates(self, subject_id, bundle_id, embeddings, images=None, *, create=False, metadata=None,
+                      modality=None, default_modality=None):
         """Store several embeddings for one subject in ONE transaction; returns their ids.
 
         `images` (encoded bytes, one per embedding) are kept only when the store was opened
-        with keep_images. `create=True` creates a missing subject in the same transaction.
+        with keep_images. `create=True` creates a missing subject in the same transaction (of
+        `modality`). With `modality`, a subject of another one (NULL: `default_modality`) is a
+        409 `modality_mismatch`, checked in the same transaction.
         """
         embeddings = np.asarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or len(embeddings) == 0:
@@ -303,10 +339,12 @@ class SqlStore:
         try:
             with self.transaction(write=True) as tx:
                 if create:
-                    tx.run("INSERT INTO subjects (id, metadata, created) VALUES (?, ?, ?) "
-                           "ON CONFLICT (id) DO NOTHING", (subject_id, text, created))
-                elif tx.one("SELECT 1 FROM subjects WHERE id = ?", (subject_id,)) is None:
+                    tx.run("INSERT INTO subjects (id, metadata, created, modality) VALUES (?, ?, ?, ?) "
+                           "ON CONFLICT (id) DO NOTHING", (subject_id, text, created, modality))
+                row = tx.one("SELECT modality FROM subjects WHERE id = ?", (subject_id,))
+                if row is None:
                     raise NotFound(f"subject {subject_id!r} not found", code="subject_not_found")
+                check_modality(subject_id, row[0], modality, default_modality)
                 version = self._bump(tx)
                 for row in rows:
                     tx.run("INSERT INTO templates (id, subject_id, bundle_id, embedding, image, created, "
@@ -315,11 +353,15 @@ class SqlStore:
             raise NotFound(f"subject {subject_id!r} not found", code="subject_not_found") from None
         return ids
 
-    @retried_read
     def subject_embeddings(self, subject_id):
         """{bundle_id: (K, D) float32} for one subject, read in one statement; NotFound when absent."""
+        return self.subject_templates(subject_id)[1]
+
+    @retried_read
+    def subject_templates(self, subject_id):
+        """(the subject's stored modality or None, {bundle_id: (K, D) float32}), in one statement."""
         with self.transaction() as tx:
-            rows = tx.all("SELECT s.id, t.bundle_id, t.embedding FROM subjects s "
+            rows = tx.all("SELECT s.modality, t.bundle_id, t.embedding FROM subjects s "
                           "LEFT JOIN templates t ON t.subject_id = s.id WHERE s.id = ? "
                           "ORDER BY t.added_version, t.id",
                           (subject_id,))
@@ -329,21 +371,25 @@ class SqlStore:
         for _, bundle_id, blob in rows:
             if bundle_id is not None:
                 grouped.setdefault(bundle_id, []).append(blob)
-        return {bundle_id: embedding_matrix(blobs) for bundle_id, blobs in grouped.items()}
+        return rows[0][0], {bundle_id: embedding_matrix(blobs) for bundle_id, blobs in grouped.items()}
 
     @retried_read
-    def gallery(self, bundle_id, after=-1, upto=None):
+    def gallery(self, bundle_id, after=-1, upto=None, *, modality=None, default_modality=None):
         """One bundle's templates written at versions in (after, upto], as (subject ids, (M, D) embeddings).
 
         Rows come grouped by subject, each subject's in the order `subject_embeddings` uses (so
         fused distances agree to the last bit). A cache loads everything up to the version it
-        read (`upto`), then later only what came after it.
+        read (`upto`), then later only what came after it. With `modality`, only the templates of
+        its subjects (a subject's modality never changes, so incremental refreshes stay right).
         """
         upto = (1 << 62) if upto is None else upto
+        where, params = modality_filter(modality, default_modality)
+        join = " JOIN subjects s ON s.id = t.subject_id" if where else ""
         with self.transaction() as tx:
-            rows = tx.all("SELECT subject_id, embedding FROM templates WHERE bundle_id = ? "
-                          "AND added_version > ? AND added_version <= ? ORDER BY subject_id, added_version, id",
-                          (bundle_id, after, upto))
+            rows = tx.all(f"SELECT t.subject_id, t.embedding FROM templates t{join} WHERE t.bundle_id = ? "
+                          f"AND t.added_version > ? AND t.added_version <= ?{where} "
+                          "ORDER BY t.subject_id, t.added_version, t.id",
+                          (bundle_id, after, upto, *params))
         return [r[0] for r in rows], embedding_matrix([r[1] for r in rows])
 
     @retried_read
@@ -354,11 +400,16 @@ class SqlStore:
             return int(tx.one("SELECT COUNT(*) FROM templates WHERE bundle_id = ?", (bundle_id,))[0])
 
     @retried_read
-    def stale_templates(self, bundle_id):
-        """Templates made by another bundle: [(template id, subject id, its bundle, has image)]."""
+    def stale_templates(self, bundle_id, *, modality=None, default_modality=None):
+        """Templates made by another bundle: [(template id, subject id, its bundle, has image)].
+
+        With `modality`, only those of its subjects: another modality's templates are not stale.
+        """
+        where, params = modality_filter(modality, default_modality)
         with self.transaction() as tx:
-            rows = tx.all("SELECT id, subject_id, bundle_id, image IS NOT NULL FROM templates "
-                          "WHERE bundle_id <> ? ORDER BY subject_id, id", (bundle_id,))
+            rows = tx.all("SELECT t.id, t.subject_id, t.bundle_id, t.image IS NOT NULL FROM templates t "
+                          f"JOIN subjects s ON s.id = t.subject_id WHERE t.bundle_id <> ?{where} "
+                          "ORDER BY t.subject_id, t.id", (bundle_id, *params))
         return [(r[0], r[1], r[2], bool(r[3])) for r in rows]
 
     @retried_read

@@ -54,6 +54,14 @@ MIGRATIONS = (
         "INSERT INTO store_meta (name, value) SELECT 'auth_enabled', created FROM api_keys "
         "ORDER BY created LIMIT 1",
     ),
+    # 5: several bundles served at once: each subject belongs to the modality (`face`,
+    #    `signature`, ...) that created it. Rows made before this migration keep NULL, which
+    #    means the service's default (first) modality, so a store of one face bundle goes on
+    #    working as it was; only subjects of that modality may hold NULL.
+    (
+        "ALTER TABLE subjects ADD COLUMN modality TEXT",
+        "CREATE INDEX subjects_modality ON subjects (modality, id)",
+    ),
 )
 
 LATEST = len(MIGRATIONS)

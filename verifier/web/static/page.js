@@ -4,7 +4,7 @@
 const KEY_HEADER = document.body.dataset.keyHeader;
 const KEY_STORE = "verifier.apiKey";
 const $ = id => document.getElementById(id);
-let calibration = null;  // /v1/calibration, once loaded
+let calibration = null;  // /v1/calibration of the chosen modality, once loaded
 let retry = null;        // the action to repeat once a key is given
 
 // -- messages and keys ---------------------------------------------------------------------
@@ -83,6 +83,38 @@ function onSubmit(id, action) {
   });
 }
 
+// -- modality: every request names the chosen one ----------------------------------------------
+
+const modality = () => $("modality").value;
+
+// `path` with ?modality= (or &modality=) when one is chosen.
+function withModality(path) {
+  if (!modality()) return path;
+  return `${path}${path.includes("?") ? "&" : "?"}modality=${encodeURIComponent(modality())}`;
+}
+
+// FormData with the chosen modality added.
+function withModalityField(data) {
+  if (modality()) data.set("modality", modality());
+  return data;
+}
+
+async function loadModalities() {
+  const served = await api("/v1/modalities");
+  $("modality").replaceChildren(...served.modalities.map(m => {
+    const words = m.ready ? `${m.modality} (${m.profile}${m.threshold == null ? ", not calibrated" : ""})`
+                          : `${m.modality} (not loaded: ${m.error})`;
+    return new Option(m.default ? `${words}, default` : words, m.modality, m.default, m.default);
+  }));
+}
+
+$("modality").addEventListener("change", () => run(async () => {
+  calibration = null;
+  await loadCalibration();
+  if (!$("view-calibration").hidden) await showCalibration();
+  if (!$("view-subjects").hidden) await listSubjects();
+}));
+
 // -- tabs ----------------------------------------------------------------------------------
 
 const tabs = [...document.querySelectorAll('[role="tab"]')];
@@ -130,7 +162,7 @@ function confidenceWords(result) {
 }
 
 function policyWords(result) {
-  return `threshold ${result.threshold.toFixed(4)} set by ${result.policy}; bundle ${result.model}, ` +
+  return `threshold ${result.threshold.toFixed(4)} set by ${result.policy}; modality ${result.modality}, bundle ${result.model}, ` +
     `calibration ${result.calibration_id}, profile ${result.profile}`;
 }
 
@@ -218,7 +250,7 @@ $("camera-take").addEventListener("click", () => {
 });
 
 onSubmit("verify-form", async form => {
-  const data = new FormData(form);
+  const data = withModalityField(new FormData(form));
   if (!data.get("target_fmr")) data.delete("target_fmr");
   const result = await api("/v1/verify", {method: "POST", body: data});
   $("verify-result").hidden = false;
@@ -262,12 +294,12 @@ function thumbnail(id) {
 }
 
 async function listSubjects() {
-  const page = await api("/v1/subjects?limit=100");
+  const page = await api(withModality("/v1/subjects?limit=100"));
   const rows = page.subjects.map(subject => {
     const row = document.createElement("tr"), picture = document.createElement("td");
     picture.append(thumbnail(subject.id));
     row.append(picture);
-    for (const text of [subject.id, `${subject.template_count}`, subject.created]) {
+    for (const text of [subject.id, subject.modality, `${subject.template_count}`, subject.created]) {
       const cell = document.createElement("td");
       cell.textContent = text;
       row.append(cell);
@@ -288,14 +320,16 @@ onSubmit("create-form", async form => {
   } catch (error) {
     throw new Error(`metadata is not JSON: ${error.message}`);
   }
-  const subject = await jsonPost("/v1/subjects", {id: form.id.value.trim(), metadata});
-  $("status").textContent = `created ${subject.id}`;
+  const payload = {id: form.id.value.trim(), metadata};
+  if (modality()) payload.modality = modality();
+  const subject = await jsonPost("/v1/subjects", payload);
+  $("status").textContent = `created ${subject.id} (modality ${subject.modality})`;
   $("enroll-id").value = $("probe-id").value = subject.id;
   await listSubjects();
 });
 
 onSubmit("enroll-form", async form => {
-  const files = [...form.image.files], data = new FormData();
+  const files = [...form.image.files], data = withModalityField(new FormData());
   files.forEach(file => data.append("image", file));
   $("enroll-result").replaceChildren();
   let result;
@@ -324,7 +358,7 @@ function showEnrollment(files, result) {
 }
 
 onSubmit("probe-form", async form => {
-  const data = new FormData();
+  const data = withModalityField(new FormData());
   data.append("image", form.image.files[0]);
   const result = await api(`${subjectPath(form.subject.value)}/verify`, {method: "POST", body: data});
   $("probe-result").hidden = false;
@@ -343,7 +377,7 @@ onSubmit("delete-form", async form => {
 // -- identify ------------------------------------------------------------------------------
 
 onSubmit("identify-form", async form => {
-  const data = new FormData(form);
+  const data = withModalityField(new FormData(form));
   const result = await api("/v1/identify", {method: "POST", body: data});
   $("identify-query").src = URL.createObjectURL(form.image.files[0]);
   $("identify-result").hidden = false;
@@ -369,8 +403,8 @@ onSubmit("identify-form", async form => {
 // -- calibration ---------------------------------------------------------------------------
 
 async function loadCalibration() {
-  calibration = await api("/v1/calibration");
-  $("model-line").textContent = `Bundle ${calibration.model} (${calibration.profile}), calibration ` +
+  calibration = await api(withModality("/v1/calibration"));
+  $("model-line").textContent = `Modality ${calibration.modality}: bundle ${calibration.model} (${calibration.profile}), calibration ` +
     `${calibration.calibration_id}: ${calibration.policy}, threshold ${calibration.threshold.toFixed(4)}`;
   const select = $("target-fmr");
   select.replaceChildren(new Option("the calibration's policy", ""),
@@ -453,4 +487,7 @@ function showFigures(c) {
   }));
 }
 
-run(loadCalibration);
+run(async () => {
+  await loadModalities();
+  await loadCalibration();
+});
