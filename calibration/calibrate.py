@@ -44,13 +44,16 @@ class _Settings:
     prior: float = 0.5
     n_bootstrap: int = 1000
     seed: int = 0
+    impostors: str = "all"  # calibration.pairs.IMPOSTOR_KINDS: which impostors the threshold is chosen on
 
     def calibrate(self, dev, evaluation, policy, where=""):
         return fit.calibrate(dev, evaluation, policy, confidence=self.confidence, prior=self.prior,
-                             n_bootstrap=self.n_bootstrap, seed=self.seed, where=where)
+                             n_bootstrap=self.n_bootstrap, seed=self.seed, where=where, impostors=self.impostors)
 
     def choice_text(self, policy, has_eval):
-        return (f"The {policy.spec} policy chose the threshold on dev comparisons and a {self.confidence} map of "
+        kind = {"all": "", "skilled": " (impostors: skilled forgeries only)",
+                "random": " (impostors: other identities' genuine images only)"}[self.impostors]
+        return (f"The {policy.spec} policy chose the threshold on dev comparisons{kind} and a {self.confidence} map of "
                 f"P(same) (stated under prior {self.prior:g}) was fitted on them"
                 + ("; eval comparisons measure both. " if has_eval else ". ")
                 + (f"Intervals: 95% percentile bootstrap over {self.n_bootstrap} identity resamples "
@@ -190,7 +193,7 @@ def _fusion(emb, labels, forged, parts, metric, policy, settings, protocol, coun
     return dict(rule=protocol.fusion, templates_per_subject=k, **section), scored, None
 
 
-def _preflight(labels, forged, parts, policy, protocol):
+def _preflight(labels, forged, parts, policy, protocol, impostors):
     """Refuse what the pair counts cannot support before TensorFlow loads and anything is embedded.
 
     Counts do not depend on the embeddings, so the pairs are formed on zero vectors here.
@@ -198,7 +201,7 @@ def _preflight(labels, forged, parts, policy, protocol):
     zeros = np.zeros((len(labels), 1))
     for where, rows in zip(("dev", "eval"), parts):
         if len(rows):
-            counted = protocol.pairs(zeros, labels, forged, rows, "euclidean")
+            counted = protocol.pairs(zeros, labels, forged, rows, "euclidean").with_impostors(impostors)
             fit.require_both(counted, where)
             if where == "dev":
                 fit.check_support(policy, len(counted.genuine), len(counted.impostor), where)
@@ -221,15 +224,20 @@ def _sampling_text(protocol, dev, evaluation):
 
 def calibrate_bundle(bundle, data, policy, *, spec=None, confidence=DEFAULT_CONFIDENCE, prior=0.5, eval_fraction=0.5,
                      seed=0, max_impostors=None, max_images_per_identity=None, n_bootstrap=1000,
-                     templates_per_subject=3, fusion=DEFAULT_RULE, log=_quiet):
+                     templates_per_subject=3, fusion=DEFAULT_RULE, impostors="all", log=_quiet):
     """Calibrate the bundle at directory `bundle` on the identities of `data` (LabelledImages) it never
     trained on; returns calibration.json's content (`Calibrated.calibration`), unwritten.
 
-    spec: how the data was named (recorded); `log` receives one-line progress messages.
+    spec: how the data was named (recorded); impostors: which impostor comparisons choose the
+    threshold (signatures: "skilled" forgeries of the claimed writer, or "random" ones);
+    `log` receives one-line progress messages.
     """
     from verifier.core.bundle import read_meta
 
-    settings = _Settings(confidence, prior, n_bootstrap, seed)
+    if impostors != "all" and not data.forged.any():
+        raise CalibrationError(f"--impostors {impostors} needs skilled forgeries (ROOT/<writer>/forged/); "
+                               f"{data.name} has none: use --impostors all")
+    settings = _Settings(confidence, prior, n_bootstrap, seed, impostors)
     protocol = _Protocol(max_impostors, templates_per_subject, fusion, seed)
     meta = read_meta(bundle)
     names, why = held_out_identities(meta.get("recipe") or {}, data)
@@ -238,11 +246,11 @@ def calibrate_bundle(bundle, data, policy, *, spec=None, confidence=DEFAULT_CONF
     cap, image_note = images_per_identity_cap(list(held.counts().values()), max_images_per_identity)
     rows = sample_rows(held.labels, held.forged, cap, seed)
     labels, forged, parts = _rows_by_split(held, rows, dev_names, eval_names)
-    _preflight(labels, forged, parts, policy, protocol)
+    _preflight(labels, forged, parts, policy, protocol, settings.impostors)
     emb, acquired = _embed(bundle, meta, [held.images[i] for i in rows], log)
     failure_to_acquire = _failure_to_acquire(acquired, parts)
     labels, forged, parts = _rows_by_split(held, rows[acquired], dev_names, eval_names)
-    _preflight(labels, forged, parts, policy, protocol)
+    _preflight(labels, forged, parts, policy, protocol, settings.impostors)
     metric = meta["metric"]
     log(f"scoring pairs of {len(dev_names)} dev and {len(eval_names)} eval identities ({metric} distance)")
     dev, evaluation = (protocol.pairs(emb, labels, forged, part, metric) for part in parts)
@@ -260,7 +268,7 @@ def calibrate_bundle(bundle, data, policy, *, spec=None, confidence=DEFAULT_CONF
     sizes.update(identities={"dev": len(dev_names), "eval": len(eval_names)}, impostor_sampling=sampling,
                  images_per_identity=image_note)
     calibration = {
-        "policy": section["policy"], "threshold": section["threshold"], "metric": metric,
+        "policy": section["policy"], "impostors": impostors, "threshold": section["threshold"], "metric": metric,
         "confidence": section["confidence"], "operating_points": section["operating_points"],
         "metrics": section["metrics"], "sizes": sizes, "failure_to_acquire": failure_to_acquire,
         "identities": {"dev": dev_names, "eval": eval_names},

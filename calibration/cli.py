@@ -11,7 +11,8 @@ The work is `calibration.calibrate`'s; this module parses, writes and prints.
 
 Summary layout (printed by --json, saved as report.json; calibration.json holds the same
 keys plus operating_points, minus source/written/report_dir):
-    policy, threshold, metric, confidence     the pair calibration the service uses
+    policy, impostors, threshold, metric,     the pair calibration the service uses (impostors: which
+    confidence                                kind chose the threshold: all, skilled or random)
     metrics: {dev, eval}                      per split: identities, genuine, impostor, forgery,
                                               threshold, fmr, fnmr (errors/total/value/text/ci),
                                               eer {value, threshold, method, ci}, auc, fnmr_at_fmr
@@ -37,7 +38,7 @@ import numpy as np  # noqa: E402
 from calibration import fit  # noqa: E402
 from calibration.calibrate import calibrate_bundle, calibrate_scores  # noqa: E402
 from calibration.confidence import CALIBRATORS, DEFAULT_CONFIDENCE  # noqa: E402
-from calibration.pairs import Comparisons  # noqa: E402
+from calibration.pairs import IMPOSTOR_KINDS, Comparisons  # noqa: E402
 from calibration.policies import PolicyError, parse_policy  # noqa: E402
 from calibration.protocol import CalibrationError  # noqa: E402
 from calibration.report import dumps, json_safe, text_summary, write_report  # noqa: E402
@@ -55,6 +56,10 @@ def build_parser():
                         "optional id_a, id_b (identities, for the dev/eval split and the bootstrap)")
     how = p.add_argument_group("threshold and confidence")
     how.add_argument("--policy", default="eer", help="eer (default), fmr=<target>, fnmr=<target> or cost=<c_fm>:<c_fnm>:<p_genuine>")
+    how.add_argument("--impostors", choices=IMPOSTOR_KINDS, default="all",
+                     help="which impostor comparisons choose the threshold and fit the confidence (signatures: "
+                          "skilled = forgeries of the claimed writer, random = other writers' genuine; default all); "
+                          "each kind's FMR is reported either way")
     how.add_argument("--confidence", choices=sorted(CALIBRATORS), default=DEFAULT_CONFIDENCE,
                      help="map from distance to P(same), fitted on dev comparisons (default: logistic)")
     how.add_argument("--prior", type=float, default=0.5,
@@ -172,6 +177,9 @@ def summary_of(result, bundle=None):
 
 
 def run_scores(args, policy):
+    if args.impostors != "all":
+        raise CalibrationError("--impostors applies to a bundle on signature data; a score file marks no "
+                               "skilled forgeries: use --impostors all")
     result = calibrate_scores(read_scores(args.scores), policy, source=args.scores, eval_fraction=args.eval_fraction,
                               confidence=args.confidence, prior=args.prior, n_bootstrap=args.bootstrap,
                               seed=args.seed)
@@ -189,7 +197,8 @@ def run_bundle(args, policy):
                               prior=args.prior, eval_fraction=0.5 if args.eval_fraction is None else args.eval_fraction,
                               seed=args.seed, max_impostors=args.max_impostors,
                               max_images_per_identity=args.max_images_per_identity, n_bootstrap=args.bootstrap,
-                              templates_per_subject=args.templates_per_subject, fusion=args.fusion, log=_log)
+                              templates_per_subject=args.templates_per_subject, fusion=args.fusion,
+                              impostors=args.impostors, log=_log)
     summary = summary_of(result, args.bundle)
     if not args.dry_run:
         summary["calibration_id"] = write_calibration(args.bundle, json_safe(result.calibration))

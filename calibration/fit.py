@@ -171,6 +171,22 @@ def describe(comparisons, threshold, confidence, n_bootstrap=1000, seed=0):
     }
 
 
+def by_impostor_kind(comparisons, threshold):
+    """FMR at the threshold and EER for skilled and random forgeries apart (signatures); None
+    when the comparisons hold no skilled forgery."""
+    if comparisons is None or not comparisons.forgery.any():
+        return None
+    out = {}
+    for kind in ("skilled", "random"):
+        part = comparisons.with_impostors(kind)
+        if part.impostor.size == 0:
+            continue
+        point = metrics.fmr_fnmr(part.genuine, part.impostor, threshold)
+        out[kind] = {"impostor": int(part.impostor.size), "fmr": _rate(point.fmr, None),
+                     "eer": metrics.eer(part.genuine, part.impostor).value}
+    return out
+
+
 def operating_points(dev):
     """The dev ROC at every distinct observed distance (the -inf accept-nothing row dropped)."""
     curve = metrics.roc(dev.genuine, dev.impostor)
@@ -179,25 +195,35 @@ def operating_points(dev):
 
 
 def calibrate(dev, evaluation, policy, *, confidence="logistic", prior=0.5, n_bootstrap=1000, seed=0,
-              where=""):
+              where="", impostors="all"):
     """Threshold and confidence fitted on `dev`, measured on `dev` and (if not None) `evaluation`.
 
-    Returns {"policy", "threshold", "confidence", "operating_points", "metrics": {"dev", "eval"}}.
+    `impostors` (calibration.pairs.IMPOSTOR_KINDS) keeps only that kind of impostor comparison
+    for the fit and the figures; with skilled forgeries present, every split also reports
+    each kind apart ("by_impostor") at the chosen threshold.
+    Returns {"policy", "impostors", "threshold", "confidence", "operating_points", "metrics": {"dev", "eval"}}.
     `where` prefixes error messages (e.g. "fusion ").
     """
+    every = {"dev": dev, "eval": evaluation}
+    dev = dev.with_impostors(impostors)
+    evaluation = None if evaluation is None else evaluation.with_impostors(impostors)
     require_both(dev, f"{where}dev")
     if evaluation is not None:
         require_both(evaluation, f"{where}eval")
     check_support(policy, len(dev.genuine), len(dev.impostor), f"{where}dev")
     threshold = choose_threshold(policy, dev, f"{where}dev")
     calibrator = fit_confidence(confidence, prior, dev, f"{where}dev").to_dict()
+    described = {name: None if part is None else describe(part, threshold, calibrator, n_bootstrap, seed)
+                 for name, part in (("dev", dev), ("eval", evaluation))}
+    for name, figures in described.items():
+        kinds = by_impostor_kind(every[name], threshold)
+        if figures is not None and kinds:
+            figures["by_impostor"] = kinds
     return {
         "policy": policy.spec,
+        "impostors": impostors,
         "threshold": threshold,
         "confidence": calibrator,
         "operating_points": operating_points(dev),
-        "metrics": {
-            "dev": describe(dev, threshold, calibrator, n_bootstrap, seed),
-            "eval": None if evaluation is None else describe(evaluation, threshold, calibrator, n_bootstrap, seed),
-        },
+        "metrics": described,
     }

@@ -17,6 +17,10 @@ import numpy as np
 from verifier.core.distances import pair_distances
 from verifier.core.fusion import fused_distances
 
+# Which impostor comparisons a threshold is chosen on: all of them, only skilled forgeries
+# of the claimed writer, or only random forgeries (another identity's genuine image).
+IMPOSTOR_KINDS = ("all", "skilled", "random")
+
 
 @dataclass
 class Comparisons:
@@ -39,6 +43,17 @@ class Comparisons:
 
     def __len__(self):
         return len(self.distance)
+
+    def with_impostors(self, kind):
+        """The genuine comparisons and only the impostors of `kind` (one of IMPOSTOR_KINDS)."""
+        if kind == "all":
+            return self
+        if kind not in IMPOSTOR_KINDS:
+            raise ValueError(f"unknown impostor kind {kind!r}; known: {', '.join(IMPOSTOR_KINDS)}")
+        other = self.forgery if kind == "random" else (self.label == 0) & ~self.forgery
+        keep = ~other
+        return Comparisons(self.distance[keep], self.label[keep], self.id_a[keep], self.id_b[keep],
+                           self.forgery[keep], int((self.label[keep] == 0).sum()))
 
     def restrict(self, identities):
         """Only comparisons whose identities all lie in `identities` (for dev/eval splits)."""

@@ -40,6 +40,9 @@ def _split_lines(name, m):
         if m[key]["errors"] == 0:
             lines.append(f"    ({key.upper()}: no errors in {m[key]['total']}; the rule of three bounds it at "
                          f"{_pct(m[key]['rule_of_three'])} with 95% confidence)")
+    for kind, row in (m.get("by_impostor") or {}).items():
+        lines.append(f"    {kind + ' forgeries':17s}  FMR at threshold {row['fmr']['text']}, EER {_pct(row['eer'])} "
+                     f"({row['impostor']} comparisons)")
     for target, row in m["fnmr_at_fmr"].items():
         value = f"{row['fnmr']['text']}{_ci(row['fnmr']['ci'])}" if row["supported"] else row["text"]
         lines.append(f"    FNMR at FMR={target:<7} {value}")
@@ -48,10 +51,15 @@ def _split_lines(name, m):
     return lines
 
 
+def _impostor_text(section):
+    kind = section.get("impostors", "all")
+    return "" if kind == "all" else f" on {kind} forgeries"
+
+
 def _section_lines(title, section):
     conf = section["confidence"]
     return [
-        f"{title}: policy {section['policy']} -> threshold {section['threshold']:.6g} (accept distance <= threshold)",
+        f"{title}: policy {section['policy']}{_impostor_text(section)} -> threshold {section['threshold']:.6g} (accept distance <= threshold)",
         f"  confidence: {conf['kind']} on distance, P(same) stated under prior {conf['prior']:g} "
         f"(fitted on a genuine share of {conf['train_prior']:.3f})",
         *_split_lines("dev ", section["metrics"]["dev"]),

@@ -16,7 +16,7 @@ from tests.test_calibration_cli import _write_scores
 from verifier.core.bundle import save_bundle
 from verifier.core.profiles import get_profile
 
-CALIBRATION_KEYS = ["policy", "threshold", "metric", "confidence", "operating_points", "metrics", "sizes",
+CALIBRATION_KEYS = ["policy", "impostors", "threshold", "metric", "confidence", "operating_points", "metrics", "sizes",
                     "failure_to_acquire", "identities", "protocol", "data", "notes", "fusion"]
 
 

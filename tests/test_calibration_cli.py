@@ -212,3 +212,27 @@ def test_argument_errors(tmp_path, capsys):
     assert code == 2 and "leave out --bundle and --data" in err
     code, _, err = _run(capsys, "--data", "orl")
     assert code == 2 and "--bundle DIR" in err
+
+
+def test_threshold_chosen_on_skilled_forgeries_is_recorded_and_each_kind_reported(tmp_path, tower, capsys):
+    data = write_signature_folder(tmp_path / "sig", writers=4, genuine=5, forged=3)
+    bundle = _bundle(tmp_path / "b", tower)
+    code, out, err = _run(capsys, "--bundle", bundle, "--data", data, "--impostors", "skilled",
+                          "--report", tmp_path / "r", "--json", *FAST)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["impostors"] == "skilled"
+    dev = summary["metrics"]["dev"]
+    assert dev["impostor"] == 2 * 3 * 5 == dev["forgery"]  # only the skilled forgeries chose the threshold
+    assert dev["by_impostor"]["skilled"]["impostor"] == 30 and dev["by_impostor"]["random"]["impostor"] == 25
+    assert json.loads((bundle / "calibration.json").read_text())["impostors"] == "skilled"
+    code, out, err = _run(capsys, "--bundle", bundle, "--data", data, "--impostors", "random",
+                          "--report", tmp_path / "r2", *FAST)
+    assert code == 0, err
+    assert "on random forgeries" in out and "skilled forgeries  FMR at threshold" in out
+
+
+def test_skilled_impostors_on_data_without_forgeries_is_refused(tmp_path, tower, faces, capsys):
+    bundle = _bundle(tmp_path / "b", tower)
+    code, out, err = _run(capsys, "--bundle", bundle, "--data", faces, "--impostors", "skilled", *FAST)
+    assert code == 2 and "needs skilled forgeries" in err and "Traceback" not in err

@@ -61,3 +61,17 @@ def test_restrict_keeps_comparisons_within_identities():
     dev = pairs.restrict([0, 1, 2])
     assert set(dev.id_a) | set(dev.id_b) <= {0, 1, 2}
     assert len(dev.genuine) == 18 and len(dev.impostor) == 3 * 16
+
+
+def test_with_impostors_keeps_the_genuine_and_one_kind_of_impostor():
+    labels = np.array([0, 0, 0, 1, 1, 1, 0, 0])  # the last two are forgeries of writer 0
+    forged = np.array([0, 0, 0, 0, 0, 0, 1, 1], bool)
+    pairs = pair_comparisons(_embeddings(labels), labels, forged, "euclidean")
+    skilled, random = pairs.with_impostors("skilled"), pairs.with_impostors("random")
+    assert len(skilled.genuine) == len(random.genuine) == 6
+    assert len(skilled.impostor) == 6 and skilled.forgery[skilled.label == 0].all()
+    assert len(random.impostor) == 9 and not random.forgery.any()
+    assert skilled.sampled_from == 6 and random.sampled_from == 9
+    assert pairs.with_impostors("all") is pairs
+    with pytest.raises(ValueError, match="known"):
+        pairs.with_impostors("traced")
