@@ -55,3 +55,62 @@ def test_batch_and_profile_round_trip():
     assert Profile.from_dict(profile.to_dict()) == profile
     with pytest.raises(ValueError, match="known"):
         get_profile("iris")
+
+
+def _scan(rng, shape=(180, 400), ink=60, paper=235, texture=12.0, shading=40.0, specks=40):
+    """A synthetic scan: a curved stroke on textured, unevenly lit paper with dust specks.
+    Returns the scan and the stroke's own mask (where the ink really is)."""
+    rows, cols = shape
+    stroke = np.zeros(shape, np.uint8)
+    xs = np.linspace(60, 340, 200)
+    ys = 90 + 40 * np.sin(xs / 35.0)
+    cv2.polylines(stroke, [np.stack([xs, ys], 1).astype(np.int32)], False, 255, 3)
+    light = np.linspace(-shading / 2, shading / 2, cols)[None, :]  # a scanner lamp darker on one side
+    page = paper + light + rng.normal(0, texture, shape)
+    page = cv2.GaussianBlur(page.astype(np.float32), (0, 0), 1.2)  # paper fibres, not pixel noise
+    page = np.where(stroke > 0, ink + rng.normal(0, 5, shape), page)
+    for y, x in zip(rng.integers(0, rows, specks), rng.integers(0, cols, specks)):
+        page[y, x] = 40  # single-pixel dust
+    return np.clip(page, 0, 255).astype(np.uint8), stroke > 0
+
+
+def test_clean_ink_finds_the_stroke_on_textured_unevenly_lit_paper():
+    rng = np.random.default_rng(0)
+    scan, truth = _scan(rng)
+    from verifier.core.profiles import clean_ink
+
+    cleaned = clean_ink(scan)
+    ink = cleaned < 255
+    near = cv2.dilate(truth.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    assert (ink & truth).sum() / truth.sum() > 0.9  # the stroke is kept
+    assert (ink & ~near).sum() < 20  # paper is plain white: no texture, shading or dust left
+    assert np.median(cleaned[truth]) < 64  # and the ink is dark
+
+
+def test_ink_darkness_is_normalised_so_another_pen_looks_the_same():
+    rng = np.random.default_rng(1)
+    light, _ = _scan(rng, ink=130)  # a grey pencil
+    dark, _ = _scan(np.random.default_rng(1), ink=20)  # a black felt pen, same stroke
+    profile = get_profile("signature")
+    a, b = preprocess(light, profile), preprocess(dark, profile)
+    assert np.abs(a - b).mean() < 0.02
+    old = Profile("old", 64, 160, normalize="unit", ink_crop=True, invert=True)  # without clean_ink
+    assert np.abs(preprocess(light, old) - preprocess(dark, old)).mean() > 2 * np.abs(a - b).mean()
+
+
+def test_the_crop_ignores_dust_far_from_the_signature():
+    rng = np.random.default_rng(2)
+    scan, _ = _scan(rng, specks=0)
+    scan[5, 5] = scan[170, 395] = 30  # two specks in opposite corners
+    from verifier.core.profiles import clean_ink
+
+    crop = ink_crop(clean_ink(scan), 64, 160)
+    assert crop.shape[1] < 0.9 * scan.shape[1]  # cropped to the stroke, not stretched to the specks
+
+
+def test_a_blank_textured_page_has_no_ink():
+    from verifier.core.profiles import clean_ink
+
+    rng = np.random.default_rng(3)
+    page = np.clip(235 + rng.normal(0, 6, (120, 300)), 0, 255).astype(np.uint8)
+    assert (clean_ink(page) == 255).all()

@@ -23,6 +23,9 @@ class Profile:
     # they are (a pretrained tower that normalises inside itself)
     normalize: str = "standardize"
     ink_crop: bool = False  # signatures: crop to the ink's bounding box, pad to aspect
+    # signatures: flatten the paper (uneven light, scanner shading, texture) and segment the
+    # ink before the crop, paper made plain white and ink contrast stretched (`clean_ink`)
+    clean_ink: bool = False
     invert: bool = False  # make the foreground bright (ink on paper -> high values)
     allow_flip: bool = True  # whether horizontal flips are a valid augmentation
     # faces: "mtcnn" detects the face and aligns its five landmarks onto the chip
@@ -51,8 +54,9 @@ PROFILES = {
     "face-chip": Profile("face-chip", height=150, width=150, channels=3, normalize="none"),
     # the small CNN from scratch on roughly framed grey faces (ORL-like), no detection
     "face-small": Profile("face-small", height=56, width=46),
+    # scanned signatures: ink cleaned and cropped, aspect kept, ink bright on black, never mirrored
     "signature": Profile("signature", height=64, width=160, normalize="unit", ink_crop=True,
-                         invert=True, allow_flip=False),
+                         clean_ink=True, invert=True, allow_flip=False),
     "product": Profile("product", height=28, width=28, normalize="unit"),
 }
 
@@ -117,11 +121,46 @@ def ink_crop(gray, height, width, margin=0.05):
     return crop
 
 
+def flatten_paper(gray, stroke=15):
+    """Divide out the paper's own brightness: a grey closing wider than any stroke removes
+    the ink and leaves the paper (texture, uneven light, scanner shading), which maps to 255."""
+    size = max(3, min(stroke, min(gray.shape) // 2 * 2 + 1))
+    paper = cv2.morphologyEx(gray, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
+    paper = cv2.GaussianBlur(paper, (0, 0), size / 2)
+    return np.clip(gray.astype(np.float32) * 255.0 / np.maximum(paper.astype(np.float32), 1.0), 0, 255)
+
+
+def segment_ink(flat, min_area_share=2e-5, min_darkness=24.0):
+    """Ink mask of a flattened page: Otsu's threshold on a lightly blurred copy, kept only where
+    the ink is clearly darker than the paper, and specks (scanner dust, paper fibres) dropped."""
+    blurred = cv2.GaussianBlur(flat.astype(np.uint8), (3, 3), 0)
+    level, mask = cv2.threshold(blurred, 0, 255, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
+    mask[blurred > 255.0 - min_darkness] = 0  # a blank page: Otsu splits the paper's own noise
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    keep = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= max(3, min_area_share * mask.size))
+    keep = keep[keep > 0]  # 0 is the background
+    return np.isin(labels, keep)
+
+
+def clean_ink(gray):
+    """A scan -> plain white paper with the ink alone on it, the ink's darkness stretched so
+    that its darkest tenth is black: pens, scanners and paper no longer change the picture."""
+    flat = flatten_paper(gray)
+    mask = segment_ink(flat)
+    if not mask.any():
+        return np.full(gray.shape, 255, np.uint8)
+    darkness = 255.0 - flat
+    full = max(float(np.percentile(darkness[mask], 90)), 1.0)
+    ink = 255.0 - np.clip(darkness * (255.0 / full), 0, 255)
+    return np.where(mask, ink, 255.0).astype(np.uint8)
+
+
 def preprocess(image, profile):
     """uint8 HxWxC (or HxW) image -> float32 array of shape `profile.input_shape`."""
     image = _to_channels(np.asarray(image, dtype=np.uint8), profile.channels)
     if profile.ink_crop:
-        image = ink_crop(image[:, :, 0], profile.height, profile.width)[:, :, None]
+        gray = clean_ink(image[:, :, 0]) if profile.clean_ink else image[:, :, 0]
+        image = ink_crop(gray, profile.height, profile.width)[:, :, None]
     else:
         image = _centre_crop_to_aspect(image, profile.height, profile.width)
     resized = cv2.resize(image, (profile.width, profile.height), interpolation=cv2.INTER_AREA)
