@@ -96,3 +96,26 @@ def test_default_split_applies_the_cli_defaults():
     assert default_split(names, held, 0, 0).holdout == held and default_split(names, held, 0, 0).validation == []
     with pytest.raises(DatasetError, match="too few identities left to train on"):
         default_split(names[:4], 3, None, 0)
+
+
+def test_forgeries_train_as_classes_of_their_own_or_not_at_all():
+    from training.bundles import training_images
+    from imagesets import LabelledImages
+
+    data = LabelledImages(name="sig", images=[np.zeros((4, 4, 1), np.uint8)] * 6,
+                          labels=np.array([0, 0, 0, 1, 1, 0]), identities=["w0", "w1"],
+                          forged=np.array([0, 0, 0, 0, 0, 1], bool), fingerprint="x", profile="signature")
+    images, labels = training_images(data, forgery_classes=True)
+    assert len(images) == 6 and len(set(labels.tolist())) == 3  # w0, w1 and w0's forgeries
+    assert labels[5] != labels[0] and labels[5] != labels[3]
+    images, labels = training_images(data, forgery_classes=False)
+    assert len(images) == 5 and set(labels.tolist()) == {0, 1}
+
+
+def test_the_ink_tower_embeds_any_signature_layout_to_a_unit_vector():
+    from training.towers import build_tower
+
+    tower = build_tower("ink", (64, 160, 1), 16)
+    out = tower.predict(np.random.default_rng(0).random((2, 64, 160, 1)).astype(np.float32), verbose=0)
+    assert out.shape == (2, 16)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)

@@ -122,3 +122,48 @@ def test_illumination_is_a_linear_ramp_over_the_image():
     assert out.min() >= 0.5 * 0.5 - 1e-6 and out.max() <= 0.5 * 1.5 + 1e-6
     np.testing.assert_allclose(np.diff(out, 2, axis=1), 0, atol=1e-5)  # planar: no curvature
     np.testing.assert_allclose(np.diff(out, 2, axis=2), 0, atol=1e-5)
+
+
+def _ink_line(width=160, height=64, thickness=2):
+    x = np.zeros((1, height, width, 1), np.float32)
+    x[0, height // 2:height // 2 + thickness, 20:width - 20, 0] = 1.0  # a bright horizontal stroke
+    return x
+
+
+def test_signatures_get_ink_augmentation_and_no_photographic_changes():
+    signature, face = get_profile("signature"), get_profile("face-small")
+    ink = augmentation_for(signature, "robust")
+    assert ink.stroke > 0 and ink.elastic > 0 and ink.fill == "CONSTANT"
+    assert ink.illumination == 0 and ink.erase == 0 and not ink.flip
+    assert augmentation_for(face, "robust").stroke == 0 and augmentation_for(face, "robust").fill == "REFLECT"
+    assert augmentation_for(signature, "none") == Augmentation()
+
+
+def test_stroke_width_jitter_thickens_or_thins_the_ink():
+    x = np.repeat(_ink_line(thickness=3), 32, axis=0)
+    out = augment_batch(x, np.array([1, 2]), Augmentation(stroke=1.0), "unit").numpy()
+    ink = (out > 0.5).sum(axis=(1, 2, 3))
+    assert (ink != x[0].sum()).all()  # every image changed (probability 1)
+    assert (ink > x[0].sum()).any() and (ink < x[0].sum()).any()  # both a thicker and a thinner pen occur
+
+
+def test_elastic_jitter_moves_the_stroke_smoothly_and_is_seeded():
+    x = _ink_line()
+    aug = Augmentation(elastic=3.0)
+    first = augment_batch(x, np.array([4, 5]), aug, "unit").numpy()
+    again = augment_batch(x, np.array([4, 5]), aug, "unit").numpy()
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, x)
+    assert abs(first.sum() - x.sum()) < 0.2 * x.sum()  # the ink is moved, not created or lost
+    rows = np.flatnonzero(first[0, :, 80, 0] > 0.2)
+    assert rows.size and abs(rows.mean() - 32.5) <= 3.5  # by at most the stated pixels
+
+
+def test_warps_of_ink_fill_the_border_with_blank_paper():
+    x = np.zeros((1, 64, 160, 1), np.float32)
+    x[0, :, :6, 0] = 1.0  # ink touching the left edge
+    aug = Augmentation(shift=0.2, fill="CONSTANT")
+    out = augment_batch(np.repeat(x, 8, axis=0), np.array([6, 7]), aug, "unit").numpy()
+    mirrored = Augmentation(shift=0.2)
+    reflected = augment_batch(np.repeat(x, 8, axis=0), np.array([6, 7]), mirrored, "unit").numpy()
+    assert out.sum() < reflected.sum()  # no mirrored strokes appear beyond the edge

@@ -31,6 +31,9 @@ class Augmentation:
     noise: float = 0.0  # Gaussian pixel noise, in units of the image's own spread
     illumination: float = 0.0  # multiply by a random linear ramp from 1 - i to 1 + i (side light)
     erase: float = 0.0  # probability of blanking a random rectangle (occlusion, glasses)
+    stroke: float = 0.0  # ink: probability of a stroke one pixel thicker or thinner (another pen)
+    elastic: float = 0.0  # ink: largest smooth local displacement, in pixels (the hand's variation)
+    fill: str = "REFLECT"  # how warps fill the border; ink on a blank page: "CONSTANT" (no mirrored strokes)
 
     def to_dict(self):
         return asdict(self)
@@ -47,12 +50,23 @@ LEVELS = {
 }
 
 
+# Signatures (profiles with an ink crop): light geometry, another pen and the hand's own
+# variation at every level; the photographic changes (light, occlusion) do not occur on a scan.
+INK_LEVELS = {
+    "none": {},
+    "flip": {},
+    "light": dict(rotation_deg=3.0, scale=0.05, shift=0.03, stroke=0.3, elastic=1.0, fill="CONSTANT"),
+    "robust": dict(rotation_deg=5.0, scale=0.08, shift=0.04, stroke=0.5, elastic=2.0, fill="CONSTANT"),
+    "strong": dict(rotation_deg=8.0, scale=0.12, shift=0.06, stroke=0.6, elastic=3.0, fill="CONSTANT"),
+}
+
+
 def augmentation_for(profile, level):
-    """The augmentation for a profile at a level (none / flip / light / strong)."""
+    """The augmentation for a profile at a level (none / flip / light / robust / strong)."""
     if level not in LEVELS:
         raise ValueError(f"unknown augmentation level {level!r}; known: {', '.join(LEVELS)}")
     flip = level != "none" and profile.allow_flip
-    return Augmentation(flip=flip, **LEVELS[level])
+    return Augmentation(flip=flip, **(INK_LEVELS if profile.ink_crop else LEVELS)[level])
 
 
 def _affine_transforms(batch, height, width, aug, seed):
@@ -104,6 +118,41 @@ def _random_erase(images, probability, seed, max_fraction=0.4):
     return tf.where(inside & chosen, mean, images)
 
 
+def _stroke_width(images, probability, seed):
+    """Thicken (a 3x3 max) or thin (a 3x3 min) the bright ink of a `probability` share of the images."""
+    keys = tf.random.experimental.stateless_split(seed, 2)
+    batch = tf.shape(images)[0]
+    chosen = tf.random.stateless_uniform([batch, 1, 1, 1], keys[0]) < probability
+    thicker = tf.random.stateless_uniform([batch, 1, 1, 1], keys[1]) < 0.5
+    dilated = tf.nn.max_pool2d(images, 3, 1, "SAME")
+    eroded = -tf.nn.max_pool2d(-images, 3, 1, "SAME")
+    return tf.where(chosen, tf.where(thicker, dilated, eroded), images)
+
+
+def _elastic(images, pixels, seed, grid=(3, 6)):
+    """Warp each image by a smooth random displacement field (a coarse grid of offsets up to
+    `pixels`, upsampled bicubically), sampled bilinearly; outside the image reads 0."""
+    shape = tf.shape(images)
+    batch, height, width = shape[0], shape[1], shape[2]
+    coarse = tf.random.stateless_uniform([batch, grid[0], grid[1], 2], seed, -1.0, 1.0) * pixels
+    flow = tf.image.resize(coarse, [height, width], method="bicubic")
+    rows = tf.cast(tf.range(height), tf.float32)[None, :, None] + flow[..., 0]
+    cols = tf.cast(tf.range(width), tf.float32)[None, None, :] + flow[..., 1]
+    r0, c0 = tf.floor(rows), tf.floor(cols)
+    fr, fc = (rows - r0)[..., None], (cols - c0)[..., None]
+    padded = tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]])  # a ring of zeros for out-of-range reads
+
+    def read(r, c):
+        r = tf.clip_by_value(tf.cast(r, tf.int32) + 1, 0, height + 1)
+        c = tf.clip_by_value(tf.cast(c, tf.int32) + 1, 0, width + 1)
+        index = tf.stack([tf.broadcast_to(tf.range(batch)[:, None, None], tf.shape(r)), r, c], axis=-1)
+        return tf.gather_nd(padded, index)
+
+    top = read(r0, c0) * (1 - fc) + read(r0, c0 + 1) * fc
+    bottom = read(r0 + 1, c0) * (1 - fc) + read(r0 + 1, c0 + 1) * fc
+    return top * (1 - fr) + bottom * fr
+
+
 def augment_batch(images, seed, aug, normalize):
     """Augment a (B, H, W, C) float32 batch; `seed` is a shape-(2,) int tensor.
 
@@ -114,7 +163,7 @@ def augment_batch(images, seed, aug, normalize):
     images = images / pixel_scale
     shape = tf.shape(images)
     batch, height, width = shape[0], shape[1], shape[2]
-    keys = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 7)
+    keys = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 9)
     if aug.flip:
         flip = tf.random.stateless_uniform([batch, 1, 1, 1], keys[0]) < 0.5
         images = tf.where(flip, tf.reverse(images, axis=[2]), images)
@@ -122,7 +171,11 @@ def augment_batch(images, seed, aug, normalize):
         transforms = _affine_transforms(batch, tf.cast(height, tf.float32), tf.cast(width, tf.float32), aug, keys[1])
         images = tf.raw_ops.ImageProjectiveTransformV3(
             images=images, transforms=transforms, output_shape=shape[1:3], fill_value=0.0,
-            interpolation="BILINEAR", fill_mode="REFLECT")
+            interpolation="BILINEAR", fill_mode=aug.fill)
+    if aug.elastic:
+        images = _elastic(images, aug.elastic, keys[7])
+    if aug.stroke:
+        images = _stroke_width(images, aug.stroke, keys[8])
     if aug.illumination:
         images = _illumination_ramp(images, aug.illumination, keys[5])
     if normalize == "standardize":

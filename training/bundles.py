@@ -72,7 +72,12 @@ def sample_per_identity(data, limit, seed):
                                forged=data.forged[keep])
 
 
-def _genuine(data):
+def training_images(data, forgery_classes):
+    """The images and labels training sees: genuine images under their identity's label, and,
+    with `forgery_classes`, each writer's skilled forgeries as one more class of their own
+    (so that training pushes imitations away from the writer); otherwise forgeries are left out."""
+    if forgery_classes:
+        return list(data.images), data.labels * 2 + data.forged
     keep = ~data.forged
     return [image for image, ok in zip(data.images, keep) if ok], data.labels[keep]
 
@@ -92,13 +97,13 @@ class Fitted:
 
 def fit_tower(config, data, split, profile, *, validation=None, refit_after=True, metric="euclidean",
               checkpoint_dir=None, resume=False, identity=None, verbose=True, log=_quiet):
-    """Train on the genuine images of `split.train`, early stopping on `validation` (LabelledImages
+    """Train on the images of `split.train` (`training_images`), early stopping on `validation` (LabelledImages
     of the validation identities, or None); then, when validation chose an epoch and `refit_after`,
     train again from scratch on `split.train + split.validation` for that many epochs.
 
     `profile` preprocesses the images as they are (chips: `chip_profile`).
     """
-    images, labels = _genuine(data.subset(split.train))
+    images, labels = training_images(data.subset(split.train), config.forgery_classes)
     val = {} if validation is None else dict(val_images=preprocess_batch(validation.images, profile),
                                              val_labels=validation.labels, val_forged=validation.forged)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
@@ -107,7 +112,7 @@ def fit_tower(config, data, split, profile, *, validation=None, refit_after=True
     if not (refit_after and result.best_validation_eer is not None):
         return Fitted(result, result, None)
     names = split.train + split.validation
-    images, labels = _genuine(data.subset(names))
+    images, labels = training_images(data.subset(names), config.forgery_classes)
     log(f"refit: training again on all {len(names)} training and validation identities for the "
         f"{result.best_epoch} epochs early stopping chose (--no-refit keeps the early-stopped model)")
     # keyed by the epoch count: a resume whose early stopping chose differently starts a fresh refit

@@ -79,6 +79,9 @@ def build_parser():
     opt.add_argument("--augment", choices=sorted(LEVELS), default=None,
                      help="training augmentation level, per profile (no flips for signatures); default: "
                           "robust for cosface, none for the other losses (what measured best on ORL)")
+    opt.add_argument("--no-forgery-classes", dest="forgery_classes", action="store_false",
+                     help="signatures: leave the training writers' skilled forgeries out (default: each "
+                          "writer's forgeries train as a class of their own, pushed away from the writer)")
     opt.add_argument("--patience", type=int, default=DEFAULTS.patience,
                      help="epochs without a better validation EER before stopping (the best epoch "
                           "is chosen from the second half of the schedule)")
@@ -127,7 +130,7 @@ def _config(args):
                        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_p=args.batch_p,
                        batch_k=args.batch_k, patience=args.patience, learning_rate=args.learning_rate,
                        weight_decay=args.weight_decay, augment=args.augment, flip_tta=args.flip_tta,
-                       seed=args.seed)
+                       forgery_classes=args.forgery_classes, seed=args.seed)
 
 
 def _wrote(trained):

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 from keras import layers
 
-TOWERS = ("small", "mobilenetv3small", "face-resnet")
+TOWERS = ("small", "ink", "mobilenetv3small", "face-resnet")
 PRETRAINED = {"face-resnet": 128}  # pretrained tower -> its embedding size
 
 
@@ -47,6 +47,28 @@ def small_cnn(input_shape, embedding_size, widths=(32, 64, 128), dropout=0.3):
     x = layers.Dense(embedding_size, name="embedding")(x)
     outputs = layers.UnitNormalization(name="l2")(x)
     return keras.Model(inputs, outputs, name="small_tower")
+
+
+def ink_cnn(input_shape, embedding_size, widths=(32, 64, 128, 192), dropout=0.3):
+    """Four conv blocks, then the last feature map's average and maximum over all positions.
+
+    For signatures: the same stroke shapes appear at different places from one signature to
+    the next (a writer never lays out a signature exactly alike), so the head pools positions
+    away instead of flattening them as `small_cnn` does for aligned faces.
+    """
+    inputs = keras.Input(input_shape, name="image")
+    x = inputs
+    for i, filters in enumerate(widths):
+        x = _conv_bn(x, filters, f"block{i + 1}a", strides=2 if i == 0 else 1)
+        x = _conv_bn(x, filters, f"block{i + 1}b")
+        if i < len(widths) - 1:
+            x = layers.MaxPooling2D(2, padding="same", name=f"block{i + 1}_pool")(x)
+    x = layers.Concatenate(name="pooled")([layers.GlobalAveragePooling2D(name="avg")(x),
+                                           layers.GlobalMaxPooling2D(name="max")(x)])
+    x = layers.Dropout(dropout, name="dropout")(x)
+    x = layers.Dense(embedding_size, name="embedding")(x)
+    outputs = layers.UnitNormalization(name="l2")(x)
+    return keras.Model(inputs, outputs, name="ink_tower")
 
 
 def mobilenetv3small(input_shape, embedding_size, dropout=0.2):
@@ -90,6 +112,8 @@ def face_resnet(input_shape, embedding_size, trainable_stages=0):
 def build_tower(name, input_shape, embedding_size, dropout=0.3, trainable_stages=0):
     if name == "small":
         return small_cnn(input_shape, embedding_size, dropout=dropout)
+    if name == "ink":
+        return ink_cnn(input_shape, embedding_size, dropout=dropout)
     if name == "mobilenetv3small":
         return mobilenetv3small(input_shape, embedding_size, dropout=dropout)
     if name == "face-resnet":

@@ -83,6 +83,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     augment: str | None = None  # None: DEFAULT_AUGMENT[loss]
     flip_tta: bool = True
+    # signatures: the training writers' skilled forgeries train as classes of their own
+    # (no effect on data without forgeries)
+    forgery_classes: bool = True
     seed: int = 0
 
     def __post_init__(self):
