@@ -105,19 +105,38 @@ def run_dlib(images):
     return embeddings, found, time.perf_counter() - start
 
 
-def evaluate(embeddings, labels, metric):
-    """EER, the operating point at its threshold (with counts) and AUC over all held-out pairs."""
-    pairs = pair_comparisons(embeddings, labels, np.zeros(len(labels), bool), metric)
-    result = eer(pairs.genuine, pairs.impostor)
+class Score(NamedTuple):
+    """One kind of impostor's EER result, the operating point at its threshold (with counts) and AUC."""
+
+    result: object  # calibration.metrics.EER
+    point: object
+    auc: float
+
+
+def _score(genuine, impostor):
+    result = eer(genuine, impostor)
     point = next(p for p in result.bracket if p.threshold == result.threshold)
-    return result, point, auc(pairs.genuine, pairs.impostor)
+    return Score(result, point, auc(genuine, impostor))
+
+
+def evaluate(embeddings, labels, forged, metric):
+    """Scores over all held-out pairs, per kind of impostor: {"all": ...} for data without
+    forgeries; for signatures {"skilled": genuine vs forgeries of the claimed writer,
+    "random": genuine vs other writers' genuine signatures}, reported apart."""
+    pairs = pair_comparisons(embeddings, labels, forged, metric)
+    if not pairs.forgery.any():
+        return {"all": _score(pairs.genuine, pairs.impostor)}
+    impostor = pairs.label == 0
+    return {"skilled": _score(pairs.genuine, pairs.distance[impostor & pairs.forgery]),
+            "random": _score(pairs.genuine, pairs.distance[impostor & ~pairs.forgery])}
 
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default="orl")
     p.add_argument("--folds", type=int, default=4)
-    p.add_argument("--per-fold", type=int, default=10, help="identities held out per fold")
+    p.add_argument("--per-fold", type=int, default=None,
+                   help="identities held out per fold (default 10; signatures: the writers / --folds)")
     p.add_argument("--only-folds", default=None, help="comma list of fold numbers (1-based) to run")
     p.add_argument("--models", default=",".join(MODELS), help=f"comma list of: {', '.join(MODELS)}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -176,7 +195,7 @@ def make_fold(data, held, validation_identities, seed, profile):
 
 def score_model(model, fold, data, faces, profile, args, overrides):
     """Fit `model` for the fold and score its held-out pairs: (EER result, operating point, AUC, seconds, extra)."""
-    extra, labels = {}, fold.test.labels
+    extra, labels, forged = {}, fold.test.labels, fold.test.forged
     if model in FACE:
         face_profile = chip_profile(get_profile("face"))
         embed, seconds, extra = run_face_resnet(FACE[model], overrides, faces, fold.split, face_profile,
@@ -184,10 +203,12 @@ def score_model(model, fold, data, faces, profile, args, overrides):
         held_faces = faces.subset(fold.held)
         embeddings, metric, labels = embed(preprocess_batch(held_faces.images, face_profile)), \
             "euclidean", held_faces.labels
+        forged = held_faces.forged
         extra["failures_to_acquire"] = len(fold.test) - len(held_faces)
     elif model == "dlib":
         embeddings, found, seconds = run_dlib(fold.test.images)
         embeddings, metric, labels = embeddings[found], "euclidean", fold.test.labels[found]
+        forged = fold.test.forged[found]
         extra = {"failures_to_acquire": int((~found).sum())}
     elif model in SIAMESE:
         embed, seconds, extra = run_siamese(SIAMESE[model], overrides, data, fold.split, profile, args.verbose,
@@ -197,35 +218,46 @@ def score_model(model, fold, data, faces, profile, args, overrides):
         start = time.perf_counter()
         embeddings, metric = BASELINES[model](fold.fit_x, fold.fit.labels, fold.test_x), "cosine"
         seconds = time.perf_counter() - start
-    result, point, area = evaluate(embeddings, labels, metric)
-    return result, point, area, seconds, extra
+    return evaluate(embeddings, labels, forged, metric), seconds, extra
 
 
-def fold_row(fold_number, fold, model, result, point, area, seconds, extra):
-    """Print one model's fold line; returns its JSON record."""
-    counts = f"(FMR {point.fmr.errors}/{point.fmr.total}, FNMR {point.fnmr.errors}/{point.fnmr.total})"
+def _record(score):
+    point = score.point
+    return {"eer": score.result.value, "auc": score.auc, "false_matches": point.fmr.errors,
+            "impostor": point.fmr.total, "false_non_matches": point.fnmr.errors, "genuine": point.fnmr.total}
+
+
+def fold_row(fold_number, fold, model, scores, seconds, extra):
+    """Print one model's fold line (one per kind of impostor); returns its JSON record."""
     fta = f"  no face {extra['failures_to_acquire']}" if "failures_to_acquire" in extra else ""
-    print(f"fold {fold_number} ({fold.held[0]}..{fold.held[-1]})  {model:24s} EER {100 * result.value:.2f}% "
-          f"{counts:30s} AUC {area:.4f}  fit {seconds:6.1f} s{fta}", flush=True)
-    return {"eer": result.value, "auc": area, "seconds": round(seconds, 1),
-            "false_matches": point.fmr.errors, "impostor": point.fmr.total,
-            "false_non_matches": point.fnmr.errors, "genuine": point.fnmr.total, **extra}
+    for kind, score in scores.items():
+        point = score.point
+        counts = f"(FMR {point.fmr.errors}/{point.fmr.total}, FNMR {point.fnmr.errors}/{point.fnmr.total})"
+        label = model if kind == "all" else f"{model} {kind}"
+        print(f"fold {fold_number} ({fold.held[0]}..{fold.held[-1]})  {label:32s} EER {100 * score.result.value:.2f}% "
+              f"{counts:32s} AUC {score.auc:.4f}  fit {seconds:6.1f} s{fta}", flush=True)
+    kinds = {kind: _record(score) for kind, score in scores.items()}
+    return {**kinds.pop("all", {}), **kinds, "seconds": round(seconds, 1), **extra}
 
 
 def summarise(models, results, folds):
-    """Print the means over folds; returns the JSON summary per model."""
+    """Print the means over folds (per kind of impostor for signatures); returns the JSON summary per model."""
     print("\nmean over folds " + ",".join(str(f) for f in folds))
     summary = {}
     for model in models:
-        per_fold = results[model]
-        mean_eer = float(np.mean([r["eer"] for r in per_fold.values()]))
-        mean_auc = float(np.mean([r["auc"] for r in per_fold.values()]))
-        seconds = float(np.mean([r["seconds"] for r in per_fold.values()]))
-        summary[model] = {"mean_eer": mean_eer, "mean_auc": mean_auc, "mean_fit_seconds": round(seconds, 1),
-                          "folds": {str(k): v for k, v in per_fold.items()}}
-        folds_text = " / ".join(f"{100 * r['eer']:.2f}" for r in per_fold.values())
-        print(f"  {model:24s} EER {100 * mean_eer:5.2f}%  ({folds_text})  AUC {mean_auc:.4f}  "
-              f"fit {seconds:.1f} s per fold")
+        per_fold = list(results[model].values())
+        kinds = [k for k in ("skilled", "random") if k in per_fold[0]] or [None]
+        summary[model] = {"mean_fit_seconds": round(float(np.mean([r["seconds"] for r in per_fold])), 1),
+                          "folds": {str(k): v for k, v in results[model].items()}}
+        for kind in kinds:
+            rows = [r if kind is None else r[kind] for r in per_fold]
+            mean_eer, mean_auc = float(np.mean([r["eer"] for r in rows])), float(np.mean([r["auc"] for r in rows]))
+            prefix = "" if kind is None else f"{kind}_"
+            summary[model].update({f"{prefix}mean_eer": mean_eer, f"{prefix}mean_auc": mean_auc})
+            folds_text = " / ".join(f"{100 * r['eer']:.2f}" for r in rows)
+            label = model if kind is None else f"{model} {kind}"
+            print(f"  {label:32s} EER {100 * mean_eer:5.2f}%  ({folds_text})  AUC {mean_auc:.4f}  "
+                  f"fit {summary[model]['mean_fit_seconds']:.1f} s per fold")
     return summary
 
 
@@ -237,6 +269,8 @@ def main(argv=None):
     profile = get_profile("face-small" if data.profile == "face" else data.profile)
     faces = detect_faces(data) if any(m in FACE for m in models) else None
     folds = range(1, args.folds + 1) if args.only_folds is None else [int(f) for f in args.only_folds.split(",")]
+    if args.per_fold is None:
+        args.per_fold = len(data.identities) // args.folds if data.profile == "signature" else 10
     if args.folds * args.per_fold > len(data.identities) or args.per_fold + 4 > len(data.identities):
         raise SystemExit(f"{len(data.identities)} identities cannot make {args.folds} folds of {args.per_fold}")
     print(f"{data.name}: {len(data.identities)} identities, {len(data)} images; "

@@ -6,6 +6,12 @@
                  Belhumeur's PCA to N - c dimensions keeps the within-class noise of the
                  training images and fails on unseen identities (README.md has the figures);
                  PCA to 2c dimensions (60 for 30 identities) is used.
+    hog          histograms of oriented gradients (Dalal & Triggs 2005): 9 unsigned bins over
+                 8x8 cells, 2x2-cell blocks L2-Hys normalised, cosine distance
+    lbp          uniform local binary patterns (Ojala et al. 2002, 8 neighbours, 59 codes)
+                 histogrammed in a 4 x 8 grid of cells, square-rooted, cosine distance
+
+HOG and LBP are the classical features of offline signature verification; they fit nothing.
 """
 
 import numpy as np
@@ -34,4 +40,70 @@ def fisherfaces(train_images, train_labels, test_images):
     return lda.transform(pca.transform(_flat(test_images)))
 
 
-BASELINES = {"raw-pixels": raw_pixels, "eigenfaces": eigenfaces, "fisherfaces": fisherfaces}
+def _as_uint8(image):
+    """A preprocessed HxWx1 (or HxW) float image stretched to 0-255 uint8 (features need bytes)."""
+    image = np.asarray(image, np.float64).reshape(image.shape[0], image.shape[1])
+    low, high = image.min(), image.max()
+    return np.zeros(image.shape, np.uint8) if high <= low else ((image - low) * (255 / (high - low))).astype(np.uint8)
+
+
+def _hog_features(image, cell, bins=9):
+    """One image's HOG vector: unsigned gradient orientation histograms per cell, weighted by
+    magnitude, each 2x2-cell block L2-normalised, clipped at 0.2 and normalised again (L2-Hys)."""
+    image = image.astype(np.float64)
+    gy, gx = np.gradient(image)
+    magnitude, angle = np.hypot(gx, gy), np.rad2deg(np.arctan2(gy, gx)) % 180
+    rows, cols = image.shape[0] // cell, image.shape[1] // cell
+    which = np.minimum((angle / (180 / bins)).astype(np.int64), bins - 1)
+    cells = np.zeros((rows, cols, bins))
+    for b in range(bins):
+        weight = (magnitude * (which == b))[:rows * cell, :cols * cell]
+        cells[:, :, b] = weight.reshape(rows, cell, cols, cell).sum(axis=(1, 3))
+    blocks = np.concatenate([cells[:-1, :-1], cells[1:, :-1], cells[:-1, 1:], cells[1:, 1:]], axis=2)
+    blocks /= np.linalg.norm(blocks, axis=2, keepdims=True) + 1e-6
+    blocks = np.minimum(blocks, 0.2)
+    blocks /= np.linalg.norm(blocks, axis=2, keepdims=True) + 1e-6
+    return blocks.ravel()
+
+
+def hog(train_images, train_labels, test_images, cell=8):
+    return np.array([_hog_features(_as_uint8(image), cell) for image in test_images])
+
+
+def _uniform_lbp_table():
+    """The 256 8-bit codes -> 59 labels: one per uniform pattern (at most two 0/1 transitions), one for the rest."""
+    table, label = np.full(256, 58, np.int64), 0
+    for code in range(256):
+        bits = [(code >> i) & 1 for i in range(8)]
+        if sum(bits[i] != bits[(i + 1) % 8] for i in range(8)) <= 2:
+            table[code], label = label, label + 1
+    return table
+
+
+UNIFORM_LBP = _uniform_lbp_table()
+
+
+def _lbp_codes(image):
+    """Each interior pixel's 8-neighbour code (a bit set where the neighbour is >= the centre)."""
+    centre = image[1:-1, 1:-1]
+    rows, cols = image.shape
+    code = np.zeros(centre.shape, np.int64)
+    offsets = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))
+    for bit, (dy, dx) in enumerate(offsets):
+        neighbour = image[1 + dy:rows - 1 + dy, 1 + dx:cols - 1 + dx]
+        code |= (neighbour >= centre).astype(np.int64) << bit
+    return UNIFORM_LBP[code]
+
+
+def lbp(train_images, train_labels, test_images, grid=(4, 8)):
+    features = []
+    for image in test_images:
+        labels = _lbp_codes(_as_uint8(image).astype(np.int64))
+        cells = [np.bincount(block.ravel(), minlength=59)
+                 for band in np.array_split(labels, grid[0], axis=0)
+                 for block in np.array_split(band, grid[1], axis=1)]
+        features.append(np.sqrt(np.concatenate(cells) / labels.size))
+    return np.array(features)
+
+
+BASELINES = {"raw-pixels": raw_pixels, "eigenfaces": eigenfaces, "fisherfaces": fisherfaces, "hog": hog, "lbp": lbp}
