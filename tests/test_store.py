@@ -304,3 +304,27 @@ def test_a_missing_sqlite_file_is_never_recreated_empty(tmp_path):
     thread.start()
     thread.join()
     assert errors and "does not exist" in str(errors[0]) and not path.exists()
+
+
+def test_an_open_sqlite_store_moved_away_answers_503_until_it_is_back(tmp_path):
+    """Found by bench/hostile.py: after `mv verifier.db`, a thread's open connection kept reading and
+    committing into the moved file (201s, the -wal left at the old path); now each transaction checks
+    that the path still names the file it opened: 503 while it does not, and served again once back."""
+    path, moved = tmp_path / "store.db", tmp_path / "moved.db"
+    store = open_store(f"sqlite:///{path}")
+    store.create_subject("before")
+    path.rename(moved)
+    for call in (lambda: store.list_subjects(10, None), lambda: store.create_subject("while_moved")):
+        with pytest.raises(StoreUnavailable, match="moved|does not exist") as caught:
+            call()
+        assert str(path) not in caught.value.message  # the client's message names no path
+    assert not path.exists()  # never recreated empty
+    moved.rename(path)
+    assert [s["id"] for s in store.list_subjects(10, None)[0]] == ["before"]
+    store.create_subject("after")
+    replacement = open_store(f"sqlite:///{tmp_path / 'other.db'}")
+    replacement.close()
+    (tmp_path / "other.db").replace(path)  # another file put in its place: not silently served either
+    with pytest.raises(StoreUnavailable):
+        store.list_subjects(10, None)
+    store.close()

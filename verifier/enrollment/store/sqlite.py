@@ -64,6 +64,29 @@ class SqliteStore(SqlStore):
             raise StoreUnavailable("the database cannot be opened",
                                    detail=f"cannot open SQLite database {self.path}: {exc}") from None
         self.create = False  # opened once: if the file goes away later, other threads must not recreate it
+        self._local.file_id = self._file_id()
+        return conn
+
+    def _file_id(self):
+        """(device, inode) of the file at the store's path now, or None when there is none."""
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        return stat.st_dev, stat.st_ino
+
+    def _connection(self):
+        """This thread's connection, while the file at the path is still the one it opened (else a 503).
+
+        An open connection keeps writing to a file moved away (and to the -wal left at the old path),
+        so each transaction first checks that the path still names that file; once it is back, it serves.
+        """
+        conn = super()._connection()
+        if self._file_id() != getattr(self._local, "file_id", None):
+            self._drop_connection()
+            raise StoreUnavailable("the database file was moved or replaced",
+                                   detail=f"the SQLite database {self.path} was moved, replaced or deleted "
+                                          "while the service had it open")
         return conn
 
     @contextmanager
