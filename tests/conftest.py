@@ -28,7 +28,8 @@ def tiny_tower(profile, embedding_size=8, seed=0):
     inputs = keras.Input(profile.input_shape)
     x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dense(embedding_size)(x)
+    # a bias, so that a blank image embeds to a unit vector too (a zero vector has no direction)
+    x = keras.layers.Dense(embedding_size, bias_initializer=keras.initializers.RandomNormal(seed=seed))(x)
     outputs = keras.layers.UnitNormalization()(x)
     return keras.Model(inputs, outputs, name="tiny_tower")
 

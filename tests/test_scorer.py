@@ -201,3 +201,24 @@ def test_uncalibrated_bundle_embeds_but_does_not_decide(tiny_bundle):
         scorer.decide([0.1])
     assert info.value.status == 503 and info.value.code == "not_calibrated"
     assert "not calibrated" in info.value.message
+
+
+def test_an_export_that_gives_nan_on_a_blank_input_is_not_served(tmp_path):
+    """ReLU features normalised per position are 0 / 0 on an empty page: Keras gives 0, TFLite NaN.
+    Random probes never show it; the blank probe does, so the safe path serves instead."""
+    import keras
+
+    from verifier.core.bundle import save_bundle
+    from verifier.core.profiles import get_profile
+
+    profile = get_profile("signature")
+    inputs = keras.Input(profile.input_shape)
+    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, activation="relu")(inputs)
+    x = keras.layers.UnitNormalization(axis=-1)(keras.layers.AveragePooling2D(8)(x))
+    outputs = keras.layers.UnitNormalization()(keras.layers.Dense(8)(keras.layers.Flatten()(x)))
+    save_bundle(tmp_path / "b", keras.Model(inputs, outputs), profile=profile, metric="euclidean", recipe={})
+    data, record = fastpath.build_export(load_bundle(tmp_path / "b"))
+    assert record["probe_blank"] and not record["max_abs_diff"] <= fastpath.TOLERANCE
+    scorer = Scorer.from_bundle(tmp_path / "b", cache_dir=tmp_path / "cache")
+    assert scorer.backend == "tf.function"
+    assert np.isfinite(scorer.embed_inputs(np.zeros((1,) + profile.input_shape, np.float32))).all()

@@ -111,7 +111,7 @@ def cmd_export(args):
         raise VerifierError(f"cannot write the export into {out}: {exc.strerror} (point {fastpath.CACHE_ENV} "
                             "at a writable directory)", code="cache_read_only") from None
     print(f"wrote {path} ({len(data)} bytes); max abs embedding "
-          f"difference vs model.keras {record['max_abs_diff']:.3g} on {record['probe_count']} inputs")
+          f"difference vs model.keras {record['max_abs_diff']:.3g} on {record['probe_count']} random inputs and a blank one")
     return 0
 
 

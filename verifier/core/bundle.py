@@ -195,9 +195,11 @@ def load_model(bundle_dir, meta):
     """The Keras tower, loaded with safe_mode and checked against bundle.json."""
     import keras
 
+    from verifier.core.layers import custom_objects
+
     path = Path(bundle_dir) / MODEL_FILE
     try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        model = keras.saving.load_model(path, compile=False, safe_mode=True, custom_objects=custom_objects())
     except Exception as exc:  # Keras raises many types for a broken archive
         raise BundleError(f"model.keras could not be loaded ({path}): {type(exc).__name__}: {exc}") from None
     if list(model.input_shape[1:]) != list(meta["input_shape"]):

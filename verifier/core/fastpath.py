@@ -48,9 +48,12 @@ log = logging.getLogger(__name__)
 
 
 def probe_inputs(profile, count=PROBE_COUNT, seed=PROBE_SEED):
-    """Seeded model inputs for the agreement check (uniform draws: stable across numpy versions)."""
+    """Seeded model inputs for the agreement check (uniform draws: stable across numpy versions),
+    and last a blank one (all zeros: an empty page or a flat image), where an export's
+    normalisation of a zero vector can give NaN although every random draw agrees."""
     rng = np.random.default_rng(seed)
-    return (rng.random((count,) + profile.input_shape) * 4.0 - 2.0).astype(np.float32)
+    draws = (rng.random((count,) + profile.input_shape) * 4.0 - 2.0).astype(np.float32)
+    return np.concatenate([draws, np.zeros((1,) + profile.input_shape, np.float32)])
 
 
 def cache_root():
@@ -97,6 +100,7 @@ def build_export(bundle):
         "tflite_sha256": hashlib.sha256(data).hexdigest(),
         "probe_seed": PROBE_SEED,
         "probe_count": PROBE_COUNT,
+        "probe_blank": True,
         "reference": reference.tolist(),
         "max_abs_diff": max_difference(TFLiteEmbedder(data).embed_batch(probes), reference),
         "tolerance": TOLERANCE,
@@ -126,7 +130,8 @@ def read_export(bundle, cache_dir=None):
     except (OSError, ValueError):
         return None
     if not (isinstance(record, dict) and record.get("bundle_id") == bundle.bundle_id
-            and record.get("model_sha256") == bundle.meta["files"][MODEL_FILE]):
+            and record.get("model_sha256") == bundle.meta["files"][MODEL_FILE]
+            and record.get("probe_blank")):  # checked before blank probes were: rebuilt and checked again
         return None
     if record.get("tflite_sha256") != hashlib.sha256(data).hexdigest():
         log.warning("%s does not match the sha256 in %s (substituted or damaged): not served, rebuilding",

@@ -100,7 +100,7 @@ class Scorer:
         if not diff <= fastpath.TOLERANCE:
             raise VerifierError(f"TFLite export disagrees with model.keras: max abs embedding "
                                 f"difference {diff:.3g} > {fastpath.TOLERANCE:g}", code="export_mismatch")
-        log.info("fast path %s agrees with model.keras: max abs embedding difference %.3g on %d inputs",
+        log.info("fast path %s agrees with model.keras: max abs embedding difference %.3g on %d random inputs + a blank",
                  embedder.name, diff, record["probe_count"])
         return cls(bundle, embedder, backend=embedder.name, agreement=diff)
 
