@@ -119,3 +119,19 @@ def test_the_ink_tower_embeds_any_signature_layout_to_a_unit_vector():
     out = tower.predict(np.random.default_rng(0).random((2, 64, 160, 1)).astype(np.float32), verbose=0)
     assert out.shape == (2, 16)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
+
+
+def test_the_gradient_tower_has_a_fixed_front_end_and_embeds_a_blank_page(tmp_path):
+    from training.towers import build_tower
+    from verifier.core import fastpath
+    from verifier.core.bundle import load_bundle, save_bundle
+
+    profile = get_profile("signature")
+    tower = build_tower("gradients", profile.input_shape, 16)
+    front = tower.get_layer("oriented_gradients")
+    assert not front.trainable and front.weights[0].shape == (3, 3, 1, 16)
+    assert front.weights[0].path not in {w.path for w in tower.trainable_weights}
+    save_bundle(tmp_path / "b", tower, profile=profile, metric="euclidean", recipe={})
+    bundle = load_bundle(tmp_path / "b")  # the project's layer loads in safe mode
+    data, record = fastpath.build_export(bundle)
+    assert record["max_abs_diff"] <= fastpath.TOLERANCE  # the blank probe included: no NaN in TFLite

@@ -17,7 +17,9 @@ import keras
 import numpy as np
 from keras import layers
 
-TOWERS = ("small", "ink", "mobilenetv3small", "face-resnet")
+from verifier.core.layers import safe_unit_normalization
+
+TOWERS = ("small", "ink", "gradients", "mobilenetv3small", "face-resnet")
 PRETRAINED = {"face-resnet": 128}  # pretrained tower -> its embedding size
 
 
@@ -71,6 +73,40 @@ def ink_cnn(input_shape, embedding_size, widths=(32, 64, 128, 192), dropout=0.3)
     return keras.Model(inputs, outputs, name="ink_tower")
 
 
+def _oriented_derivatives(orientations):
+    """(3, 3, 1, 2 * orientations) kernels: the image's derivative along each of `orientations`
+    directions over 180 degrees, with both signs (ReLU keeps one edge side in each)."""
+    sobel_x = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32) / 8
+    angles = np.arange(orientations) * np.pi / orientations
+    kernels = [np.cos(a) * sobel_x + np.sin(a) * sobel_x.T for a in angles]
+    kernels += [-k for k in kernels]
+    return np.stack(kernels, axis=-1)[:, :, None, :]
+
+
+def gradient_tower(input_shape, embedding_size, orientations=8, cell=8, dropout=0.3):
+    """A histogram-of-oriented-gradients front end that is fixed, and a learnt metric on top.
+
+    Oriented derivatives (fixed 3x3 kernels, both signs), rectified, averaged over `cell` x
+    `cell` cells and normalised per cell, are HOG's features written as Keras layers; the dense
+    head that maps them to the embedding is what the Siamese losses learn. With few writers to
+    learn from, a fixed front end that already separates signatures (HOG is the best classical
+    baseline on random forgeries) is what a small data set can afford.
+    """
+    inputs = keras.Input(input_shape, name="image")
+    kernels = _oriented_derivatives(orientations)
+    gradients = layers.Conv2D(kernels.shape[-1], 3, padding="same", use_bias=False, trainable=False,
+                              name="oriented_gradients")
+    x = layers.Activation("relu", name="rectified")(gradients(inputs))
+    gradients.set_weights([np.repeat(kernels, input_shape[-1], axis=2) / input_shape[-1]])
+    x = layers.AveragePooling2D(cell, padding="same", name="cells")(x)
+    x = safe_unit_normalization(axis=-1, name="cell_norm")(x)  # a blank cell stays 0 (no NaN in TFLite)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    x = layers.Dense(embedding_size, name="embedding")(x)
+    outputs = safe_unit_normalization(name="l2")(x)  # a blank page: the head's bias alone, never NaN
+    return keras.Model(inputs, outputs, name="gradient_tower")
+
+
 def mobilenetv3small(input_shape, embedding_size, dropout=0.2):
     """MobileNetV3Small from scratch (weights=None) on the profile's own channels."""
     backbone = keras.applications.MobileNetV3Small(
@@ -114,6 +150,8 @@ def build_tower(name, input_shape, embedding_size, dropout=0.3, trainable_stages
         return small_cnn(input_shape, embedding_size, dropout=dropout)
     if name == "ink":
         return ink_cnn(input_shape, embedding_size, dropout=dropout)
+    if name == "gradients":
+        return gradient_tower(input_shape, embedding_size, dropout=dropout)
     if name == "mobilenetv3small":
         return mobilenetv3small(input_shape, embedding_size, dropout=dropout)
     if name == "face-resnet":
