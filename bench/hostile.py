@@ -76,7 +76,7 @@ WRITE_ROUTES = ("POST /v1/subjects", "DELETE /v1/subjects", "POST /v1/subjects/s
 
 # -- hostile files, built in code -------------------------------------------------------------
 
-def _png_chunk(kind, data):
+def png_chunk(kind, data):
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
@@ -86,7 +86,7 @@ def png_16bit_rgba(width, height):
     row = b"\x00" + bytes(width * 8)
     body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 16, 6, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", body) + _png_chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", body) + png_chunk(b"IEND", b"")
 
 
 def tiff_deflate(width, height, *, bits=8, samples=1, sample_format=1, zeros=True):

@@ -15,24 +15,12 @@ import cv2
 import numpy as np
 import pytest
 
+from bench.hostile import png_chunk, png_16bit_rgba
 from tests.synthetic import png_bytes
 from verifier.core import images
 from verifier.core.errors import CorruptImage, ImageTooLarge
 from verifier.core.images import decode_image, probe
 from verifier.web.app import create_app
-def _png_chunk(kind, data):
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_16bit_rgba(width, height):
-    """A valid 16-bit RGBA PNG of zeros: a few hundred KB that decode to width*height*8 bytes."""
-    compressor = zlib.compressobj(9)
-    row = b"\x00" + bytes(width * 8)
-    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 16, 6, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", body) + _png_chunk(b"IEND", b"")
-
-
 def tiff_deflate(width, height, *, body=b"x\x9c\x03\x00\x00\x00\x00\x01", bits=8, samples=1, sample_format=1):
     """A little-endian deflate TIFF claiming width x height (one strip); the body defaults to a tiny stream."""
     entries = [(256, 4, width), (257, 4, height), (258, 3, bits), (259, 3, 8),
@@ -146,7 +134,7 @@ print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 
 def _peak_rss_mib(call):
     """(exception name, peak RSS in MiB before the decode, after it) of decoding `call`'s file in a fresh process."""
-    builders = "\n".join(inspect.getsource(f) for f in (tiff_deflate, tiff_deflate_zeros, _png_chunk,
+    builders = "\n".join(inspect.getsource(f) for f in (tiff_deflate, tiff_deflate_zeros, png_chunk,
                                                          png_16bit_rgba, png_chunk_claiming_gib))
     out = subprocess.run([sys.executable, "-c", _PEAK.format(builders=builders, call=call)],
                          capture_output=True, text=True, timeout=120, check=True)
