@@ -37,6 +37,20 @@ def _postgres_schema():
     return url, drop
 
 
+def hand_written_calibration(*, pair, fusion, b, fusion_b):
+    """A calibration.json with the given pair and fusion thresholds and logistic maps (fixture data, not a fit)."""
+    import numpy as np
+
+    distances = np.linspace(0.0, 2.0, 41)
+    points = {"distance": distances.tolist(), "fmr": np.clip(distances / 2.0, 0, 1).tolist(),
+              "fnmr": np.clip(1 - distances, 0, 1).tolist()}
+    confidence = {"kind": "logistic", "a": -10.0, "b": b, "prior": 0.5, "train_prior": 0.5}
+    return {"policy": "eer", "threshold": pair, "metric": "euclidean", "confidence": confidence,
+            "operating_points": points,
+            "fusion": {"rule": "mean", "templates_per_subject": 3, "policy": "eer", "threshold": fusion,
+                       "confidence": dict(confidence, b=fusion_b), "operating_points": points}}
+
+
 @pytest.fixture(params=BACKENDS)
 def database_url(request, tmp_path):
     """The URL of a fresh, empty database of each backend (not yet migrated)."""
@@ -66,22 +80,12 @@ def fusion_bundle(tmp_path_factory, tiny_bundle):
     """The tiny bundle with a hand-written calibration that has a "fusion" section (fixture data)."""
     import shutil
 
-    import numpy as np
 
     from verifier.core.bundle import write_calibration
 
     path = tmp_path_factory.mktemp("bundle") / "fusion"
     shutil.copytree(tiny_bundle, path)
-    distances = np.linspace(0.0, 2.0, 41)
-    points = {"distance": distances.tolist(), "fmr": np.clip(distances / 2.0, 0, 1).tolist(),
-              "fnmr": np.clip(1 - distances, 0, 1).tolist()}
-    confidence = {"kind": "logistic", "a": -10.0, "b": 5.0, "prior": 0.5, "train_prior": 0.5}
-    write_calibration(path, {
-        "policy": "eer", "threshold": 0.5, "metric": "euclidean", "confidence": confidence,
-        "operating_points": points,
-        "fusion": {"rule": "mean", "templates_per_subject": 3, "policy": "eer", "threshold": 0.4,
-                   "confidence": dict(confidence, b=4.0), "operating_points": points},
-    })
+    write_calibration(path, hand_written_calibration(pair=0.5, fusion=0.4, b=5.0, fusion_b=4.0))
     return path
 
 
@@ -108,7 +112,6 @@ def signature_bundle(tmp_path_factory):
 
     Built without training, like the face one; its tower has another seed, so another bundle id.
     """
-    import numpy as np
 
     from tests.conftest import tiny_tower
     from verifier.core.bundle import save_bundle, write_calibration
@@ -119,16 +122,7 @@ def signature_bundle(tmp_path_factory):
     save_bundle(path, tiny_tower(profile, seed=1), profile=profile, metric="euclidean",
                 recipe={"loss": "none", "seed": 1, "dataset": {"name": "synthetic-signatures"},
                         "train_identities": [], "validation_identities": [], "holdout_identities": []})
-    distances = np.linspace(0.0, 2.0, 41)
-    points = {"distance": distances.tolist(), "fmr": np.clip(distances / 2.0, 0, 1).tolist(),
-              "fnmr": np.clip(1 - distances, 0, 1).tolist()}
-    confidence = {"kind": "logistic", "a": -10.0, "b": 6.0, "prior": 0.5, "train_prior": 0.5}
-    write_calibration(path, {
-        "policy": "eer", "threshold": 0.6, "metric": "euclidean", "confidence": confidence,
-        "operating_points": points,
-        "fusion": {"rule": "mean", "templates_per_subject": 3, "policy": "eer", "threshold": 0.45,
-                   "confidence": confidence, "operating_points": points},
-    })
+    write_calibration(path, hand_written_calibration(pair=0.6, fusion=0.45, b=6.0, fusion_b=6.0))
     return path
 
 
