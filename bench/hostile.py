@@ -89,19 +89,13 @@ def png_16bit_rgba(width, height):
     return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", body) + png_chunk(b"IEND", b"")
 
 
-def tiff_deflate(width, height, *, bits=8, samples=1, sample_format=1, zeros=True):
-    """A little-endian deflate TIFF of width x height (one strip), its body real deflated zeros (the bomb)."""
-    if zeros:
-        compressor = zlib.compressobj(9)
-        row = bytes(width * samples * bits // 8)
-        body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    else:
-        body = zlib.compress(b"")
+def tiff_deflate(width, height, *, body=b"x\x9c\x03\x00\x00\x00\x00\x01", bits=8, samples=1, sample_format=1):
+    """A little-endian deflate TIFF claiming width x height (one strip); the body defaults to a tiny stream."""
     entries = [(256, 4, width), (257, 4, height), (258, 3, bits), (259, 3, 8),
                (262, 3, 2 if samples >= 3 else 1), (273, 4, None), (277, 3, samples),
                (278, 4, height), (279, 4, len(body)), (339, 3, sample_format)]
     if samples == 4:
-        entries.append((338, 3, 2))
+        entries.append((338, 3, 2))  # ExtraSamples: unassociated alpha
     entries.sort()
     data_offset = 8 + 2 + 12 * len(entries) + 4
     out = b"II*\x00" + struct.pack("<IH", 8, len(entries))
@@ -110,6 +104,15 @@ def tiff_deflate(width, height, *, bits=8, samples=1, sample_format=1, zeros=Tru
         packed = struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
         out += struct.pack("<HHI", tag, kind, 1) + packed
     return out + b"\x00\x00\x00\x00" + body
+
+
+def tiff_deflate_zeros(width, height, **kwargs):
+    """`tiff_deflate` with a real deflate body of zeros, so the file decodes in full (the bomb)."""
+    samples, bits = kwargs.get("samples", 1), kwargs.get("bits", 8)
+    compressor = zlib.compressobj(9)
+    row = bytes(width * samples * bits // 8)
+    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    return tiff_deflate(width, height, body=body, **kwargs)
 
 
 def jpeg_huge_declared(small_jpeg, width=65000, height=65000):
@@ -163,12 +166,12 @@ def other_files():
 
 def hostile_images(face_png, face_jpeg):
     files = {
-        "tiff_deflate_268mp": tiff_deflate(16384, 16384),
+        "tiff_deflate_268mp": tiff_deflate_zeros(16384, 16384),
         "png_16bit_rgba_40mp": png_16bit_rgba(8000, 5000),
         "jpeg_declares_65000x65000": jpeg_huge_declared(face_jpeg),
         "gif_bomb_65000x65000": gif_bomb(),
         "png_chunk_claims_3.9gb": png_chunk_claiming_gib(1000, 1000),
-        "tiff_float_rgba_25mp": tiff_deflate(5000, 5000, bits=32, samples=4, sample_format=3, zeros=False),
+        "tiff_float_rgba_25mp": tiff_deflate(5000, 5000, bits=32, samples=4, sample_format=3),
         "truncated_png": face_png[:len(face_png) // 2],
         "truncated_jpeg": face_jpeg[:len(face_jpeg) // 2],
     }

@@ -9,44 +9,17 @@ import io
 import struct
 import subprocess
 import sys
-import zlib
 
 import cv2
 import numpy as np
 import pytest
 
-from bench.hostile import png_chunk, png_16bit_rgba
+from bench.hostile import png_16bit_rgba, png_chunk, tiff_deflate, tiff_deflate_zeros
 from tests.synthetic import png_bytes
 from verifier.core import images
 from verifier.core.errors import CorruptImage, ImageTooLarge
 from verifier.core.images import decode_image, probe
 from verifier.web.app import create_app
-def tiff_deflate(width, height, *, body=b"x\x9c\x03\x00\x00\x00\x00\x01", bits=8, samples=1, sample_format=1):
-    """A little-endian deflate TIFF claiming width x height (one strip); the body defaults to a tiny stream."""
-    entries = [(256, 4, width), (257, 4, height), (258, 3, bits), (259, 3, 8),
-               (262, 3, 2 if samples >= 3 else 1), (273, 4, None), (277, 3, samples),
-               (278, 4, height), (279, 4, len(body)), (339, 3, sample_format)]
-    if samples == 4:
-        entries.append((338, 3, 2))  # ExtraSamples: unassociated alpha
-    entries.sort()
-    data_offset = 8 + 2 + 12 * len(entries) + 4
-    out = b"II*\x00" + struct.pack("<IH", 8, len(entries))
-    for tag, kind, value in entries:
-        value = data_offset if value is None else value
-        packed = struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
-        out += struct.pack("<HHI", tag, kind, 1) + packed
-    return out + b"\x00\x00\x00\x00" + body
-
-
-def tiff_deflate_zeros(width, height, **kwargs):
-    """`tiff_deflate` with a real deflate body of zeros, so the file decodes in full (the bomb)."""
-    samples, bits = kwargs.get("samples", 1), kwargs.get("bits", 8)
-    compressor = zlib.compressobj(9)
-    row = bytes(width * samples * bits // 8)
-    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    return tiff_deflate(width, height, body=body, **kwargs)
-
-
 def png_chunk_claiming_gib(width=64, height=48):
     """A small valid PNG whose IDAT length field claims 3.9 GB (fuzz finding: OpenCV allocated it)."""
     data = bytearray(png_16bit_rgba(width, height))

@@ -29,7 +29,7 @@ def test_enroll_stores_embeddings_tagged_with_the_bundle(service, faces, scorer)
     result = service.enroll("id00", faces["id00"][:3], create=True, metadata={"k": "v"})
     assert result["enrolled"] == 3 and len(result["template_ids"]) == 3 and result["failures"] == []
     assert result["model"] == scorer.bundle_id
-    stored = service.store.subject_embeddings("id00")[scorer.bundle_id]
+    stored = service.store.subject_templates("id00")[1][scorer.bundle_id]
     expected = scorer.embed(faces["id00"][:3])
     assert sorted(map(tuple, stored)) == sorted(map(tuple, expected))
 

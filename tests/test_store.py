@@ -82,7 +82,7 @@ def test_templates_roundtrip_and_delete_cascades(store):
     emb = vectors(3)
     ids = store.add_templates("alice", "B1", emb, images=[b"i0", b"i1", b"i2"])
     assert len(set(ids)) == 3 and store.version() == before + 1
-    by_bundle = store.subject_embeddings("alice")
+    by_bundle = store.subject_templates("alice")[1]
     assert list(by_bundle) == ["B1"]
     got = by_bundle["B1"]
     assert got.dtype == np.float32 and sorted(map(tuple, got)) == sorted(map(tuple, emb))
@@ -146,7 +146,7 @@ def test_replace_embeddings_moves_templates_to_a_new_bundle(store):
     version = store.version()
     assert store.replace_embeddings("NEW", [(ids[0], np.zeros(8)), ("gone", np.zeros(8))]) == 1
     assert store.version() == version + 1
-    assert {b: len(m) for b, m in store.subject_embeddings("a").items()} == {"NEW": 1, "OLD": 1}
+    assert {b: len(m) for b, m in store.subject_templates("a")[1].items()} == {"NEW": 1, "OLD": 1}
 
 
 def test_api_keys(store):

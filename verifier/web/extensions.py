@@ -53,6 +53,10 @@ class LazyScorer:
                         raise
         return self.scorer
 
+    def describe(self):
+        """What every answer says about the model behind it: the modality, then Scorer.describe() (loads it)."""
+        return {"modality": self.modality, **self.get().describe()}
+
 
 class Scorers:
     """The app's modalities, in order (the first is the default), each with its LazyScorer."""
@@ -160,9 +164,8 @@ def get_scorer(modality=None):
 
 
 def describe(modality=None):
-    """What every answer says about the model behind it: the modality, then Scorer.describe()."""
-    name = modality_name(modality)
-    return {"modality": name, **get_scorer(name).describe()}
+    """A modality's `LazyScorer.describe()` (None: the default modality's)."""
+    return scorer_holder(modality=modality).describe()
 
 
 def enrollment(app=None):

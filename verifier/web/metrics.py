@@ -51,9 +51,9 @@ def metrics_text():
     The answering worker sets its model gauges here (one per loaded modality): the scorers may
     have loaded lazily, after init_app.
     """
-    for name, holder in scorers().holders.items():
+    for holder in scorers().holders.values():
         if holder.scorer is not None:
-            described = {"modality": name, **holder.scorer.describe()}
+            described = holder.describe()
             MODEL_INFO.labels(**{label: described.get(label) or "" for label in MODEL_LABELS}).set(1)
     return Response(prometheus_client.generate_latest(_registry()), content_type=CONTENT_TYPE_PLAIN_0_0_4)
 

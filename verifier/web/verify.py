@@ -138,7 +138,7 @@ def readyz():
             reason = holder.error.message if holder.error else "the model is not loaded yet"
             waiting.append(f"{name}: {reason}" if len(served.holders) > 1 else reason)
             continue
-        ready[name] = {"modality": name, **scorer.describe(), "calibrated": scorer.calibration is not None,
+        ready[name] = {**holder.describe(), "calibrated": scorer.calibration is not None,
                        "fast_path_max_abs_diff": scorer.agreement}
     if waiting:
         response = jsonify({"error": {"code": "not_ready", "message": "; ".join(waiting)}})
@@ -186,7 +186,7 @@ def modalities():
             continue
         calibration = scorer.calibration or {}
         fusion = calibration.get("fusion") or {}
-        out.append({**item, "ready": True, **scorer.describe(), "calibrated": bool(calibration),
+        out.append({**item, "ready": True, **holder.describe(), "calibrated": bool(calibration),
                     "policy": calibration.get("policy"), "threshold": calibration.get("threshold"),
                     "subject_threshold": fusion.get("threshold"), "error": None})
     return jsonify({"default": served.default, "modalities": out})

@@ -353,13 +353,10 @@ class SqlStore:
             raise NotFound(f"subject {subject_id!r} not found", code="subject_not_found") from None
         return ids
 
-    def subject_embeddings(self, subject_id):
-        """{bundle_id: (K, D) float32} for one subject, read in one statement; NotFound when absent."""
-        return self.subject_templates(subject_id)[1]
-
     @retried_read
     def subject_templates(self, subject_id):
-        """(the subject's stored modality or None, {bundle_id: (K, D) float32}), in one statement."""
+        """(the subject's stored modality or None, {bundle_id: (K, D) float32}), read in one statement;
+        NotFound when absent."""
         with self.transaction() as tx:
             rows = tx.all("SELECT s.modality, t.bundle_id, t.embedding FROM subjects s "
                           "LEFT JOIN templates t ON t.subject_id = s.id WHERE s.id = ? "
@@ -377,7 +374,7 @@ class SqlStore:
     def gallery(self, bundle_id, after=-1, upto=None, *, modality=None, default_modality=None):
         """One bundle's templates written at versions in (after, upto], as (subject ids, (M, D) embeddings).
 
-        Rows come grouped by subject, each subject's in the order `subject_embeddings` uses (so
+        Rows come grouped by subject, each subject's in the order `subject_templates` uses (so
         fused distances agree to the last bit). A cache loads everything up to the version it
         read (`upto`), then later only what came after it. With `modality`, only the templates of
         its subjects (a subject's modality never changes, so incremental refreshes stay right).
