@@ -80,7 +80,7 @@ def time_ms(fn, repeats):
 
 def loop_ms(store, metric, rule, probe, sample=500):
     """A Python loop calling fused_distances subject by subject, timed on a sample and scaled."""
-    subject_ids, templates = store.gallery(BUNDLE_ID)
+    subject_ids, _, templates = store.gallery(BUNDLE_ID)
     by_subject = {}
     for subject, row in zip(subject_ids, templates):
         by_subject.setdefault(subject, []).append(row)

@@ -31,7 +31,7 @@ class MemoryStore:
         rows = sorted((r for r in self.rows if after < r[2] <= (upto if upto is not None else 1 << 62)),
                       key=lambda r: (r[0], r[2]))
         matrix = np.array([r[1] for r in rows], np.float32) if rows else np.zeros((0, 0), np.float32)
-        return [r[0] for r in rows], matrix
+        return [r[0] for r in rows], [f"t{r[2]}" for r in rows], matrix
 
 
 def random_rows(n_subjects, seed=0, dim=6):

@@ -207,6 +207,22 @@ def test_enroll_verify_identify(api, faces):
     assert none["match"] is None and none["decision"] == "no_match"
 
 
+def test_search(api, faces, tmp_path, fusion_bundle, scorer, spec):
+    """After test_enroll_verify_identify: the catalogue holds images; a fresh store's is empty (404)."""
+    found = api.post("/v1/search?k=3", 200, json={"image": b64(faces["id02"][3])})
+    assert len(found["results"]) == 3 and found["results"][0]["rank"] == 1
+    api.post("/v1/search", 200, data={**files("image", faces["id02"][3]), "k": "2"}, text_options=True)
+    assert api.post("/v1/search", 400, json={"image": "", "k": 101})["error"]["code"] == "invalid_option"
+    assert api.post("/v1/search", 422, json={"image": b64(faces["id00"][0][:-40])})["error"]["code"] == \
+        "corrupt_image"
+    empty = create_app({"VERIFIER_BUNDLE": str(fusion_bundle), "TESTING": True,
+                        "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"})
+    scorer_holder(empty).scorer = scorer
+    answer = Api(empty, spec).post("/v1/search", 404, json={"image": b64(faces["id00"][0])})
+    assert answer["error"]["code"] == "empty_catalogue"
+    enrollment(empty).close()
+
+
 @pytest.fixture(scope="module")
 def empty_subject(api):
     """A subject without templates."""
@@ -245,7 +261,7 @@ def test_api_keys_make_every_enrollment_route_401(app, api):
         for method, path in (("get", "/v1/subjects"), ("post", "/v1/subjects"), ("get", "/v1/subjects/x"),
                              ("get", "/v1/subjects/x/thumbnail"), ("delete", "/v1/subjects/x"),
                              ("post", "/v1/subjects/x/templates"), ("post", "/v1/subjects/x/verify"),
-                             ("post", "/v1/identify")):
+                             ("post", "/v1/identify"), ("post", "/v1/search")):
             answer = api.call(method, path, 401, json={"id": "x"}, headers={"X-API-Key": "vk_wrong"})
             assert answer["error"]["code"] == "unauthorized"
         api.get("/v1/subjects", 200, headers={"X-API-Key": key})

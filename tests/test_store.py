@@ -119,12 +119,14 @@ def test_subject_image_prefers_the_bundle_then_the_first_kept(store):
 
 
 def test_gallery_groups_rows_by_subject(store):
-    store.add_templates("b", "B1", vectors(2, seed=1), create=True)
-    store.add_templates("a", "B1", vectors(3, seed=2), create=True)
+    b_ids = store.add_templates("b", "B1", vectors(2, seed=1), create=True)
+    a_ids = store.add_templates("a", "B1", vectors(3, seed=2), create=True)
     store.add_templates("a", "B2", vectors(1, seed=3))
-    subjects, matrix = store.gallery("B1")
+    subjects, template_ids, matrix = store.gallery("B1")
     assert sorted(subjects) == ["a", "a", "a", "b", "b"] and matrix.shape == (5, 8)
     assert subjects == sorted(subjects, key=subjects.index)  # contiguous groups
+    rows_of = {subject: {t for s, t in zip(subjects, template_ids) if s == subject} for subject in ("a", "b")}
+    assert rows_of == {"a": set(a_ids), "b": set(b_ids)}  # each row's own id
     assert store.count_templates("B2") == 1
 
 

@@ -4,6 +4,7 @@
     python -m verifier serve [--bundle [NAME=]DIR]... --port N [--host H] [--workers W] [--threads T]
                              [--allow-anonymous] [--create-store]
     python -m verifier export --bundle DIR
+    python -m verifier catalogue add FOLDER | search IMAGE [-k K]   (verifier.cli.catalogue)
 
 `serve` serves one bundle per modality: `--bundle face=bundles/face --bundle
 signature=bundles/signature` (repeatable; a bare DIR is named from its bundle's profile; the
@@ -24,7 +25,7 @@ import sys
 from pathlib import Path
 
 from verifier import settings
-from verifier.cli import subjects as cli_subjects
+from verifier.cli import catalogue as cli_catalogue, subjects as cli_subjects
 from verifier.core.errors import VerifierError
 
 EXIT_BAD_INPUT = 2
@@ -254,6 +255,7 @@ def build_parser():
     export.set_defaults(func=cmd_export)
 
     cli_subjects.add_commands(subparsers)
+    cli_catalogue.add_commands(subparsers)
     return parser
 
 

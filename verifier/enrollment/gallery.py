@@ -12,6 +12,11 @@ minimum, or one row per subject for the centroid), then the best candidates are 
 exactly with `verifier.core.fusion.fused_distances` on their rows in the store's order, so the
 distances reported are the very numbers a 1:1 subject verify gives.
 
+`nearest_templates` is the same search over single images instead of subjects (the
+catalogue search of POST /v1/search): every row's distance in float32 from the same cached
+keys, then the best rows rescored exactly as a 1:1 pair verify scores them; each row
+keeps its template id.
+
 Past what one worker's memory holds (about 10^7 templates of 64 floats in 2.5 GiB), use an
 engine built for it (pgvector in the same PostgreSQL, or FAISS), not a home-made index.
 """
@@ -21,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from verifier.core.distances import get_metric
+from verifier.core.distances import get_metric, pair_distances
 from verifier.core.fusion import RULES, fused_distances
 
 RESCORE_EXTRA = 16  # candidates rescored beyond top_k, against float32 rounding in the ranking
@@ -38,6 +43,7 @@ class _Snapshot:
     row_subject: np.ndarray  # (M,) code of each row; a subject's rows are in the store's order
     counts: np.ndarray  # (S,) rows per code
     templates: np.ndarray  # (M, D) float32
+    template_ids: np.ndarray  # (M,) the store's id of each row (object array of str)
     sums: np.ndarray  # (S, D) float64 per-subject sums (centroid rule), else None
     keys: np.ndarray  # what the probe is compared with: rows (mean, min) or centroids
     key_norms: np.ndarray  # squared norms of `keys`
@@ -72,14 +78,14 @@ class Gallery:
         """Comparison keys for rows or centroids, as the metric compares them (float32)."""
         return np.ascontiguousarray(self.distance.prepare(np.asarray(rows, dtype=np.float32)), dtype=np.float32)
 
-    def _snap(self, version, removals, index, row_subject, templates, sums, keys, key_norms):
+    def _snap(self, version, removals, index, row_subject, templates, template_ids, sums, keys, key_norms):
         """A snapshot; for the centroid rule the keys are (re)made from the per-subject sums."""
         counts = np.bincount(row_subject, minlength=len(index))
         if self.rule == "centroid":
             keys = self._keys(sums / np.maximum(counts, 1)[:, None])
             key_norms = (keys * keys).sum(axis=1)
-        return _Snapshot(version, removals, list(index), index, row_subject, counts, templates, sums, keys,
-                         key_norms)
+        return _Snapshot(version, removals, list(index), index, row_subject, counts, templates, template_ids, sums,
+                         keys, key_norms)
 
     @staticmethod
     def _codes(subject_ids, index):
@@ -88,9 +94,9 @@ class Gallery:
         codes = np.fromiter((index.setdefault(s, len(index)) for s in subject_ids), np.int64, len(subject_ids))
         return codes, index
 
-    def _row_keys(self, rows):
-        """(keys, squared norms) of template rows; unused (None) under the centroid rule."""
-        if self.rule == "centroid":
+    def _row_keys(self, rows, always=False):
+        """(keys, squared norms) of template rows; unused (None) under the centroid rule unless `always`."""
+        if self.rule == "centroid" and not always:
             return None, None
         keys = self._keys(rows)
         return keys, (keys * keys).sum(axis=1)
@@ -107,18 +113,19 @@ class Gallery:
 
     def _load(self, version, removals):
         """Every row written up to `version` (later rows are fetched by the next refresh)."""
-        subject_ids, templates = self.store.gallery(self.bundle_id, upto=version, **self._which())
+        subject_ids, template_ids, templates = self.store.gallery(self.bundle_id, upto=version, **self._which())
         codes, index = self._codes(subject_ids, {})
         templates = np.ascontiguousarray(templates, dtype=np.float32)
-        return self._snap(version, removals, index, codes, templates,
+        return self._snap(version, removals, index, codes, templates, np.array(template_ids, dtype=object),
                           self._sums(codes, templates, len(index)), *self._row_keys(templates))
 
     def _append(self, snap, version):
         """The cached rows plus those written in (snap.version, version]; no removal happened."""
-        subject_ids, new = self.store.gallery(self.bundle_id, after=snap.version, upto=version, **self._which())
+        subject_ids, template_ids, new = self.store.gallery(self.bundle_id, after=snap.version, upto=version,
+                                                            **self._which())
         if not subject_ids:
             return self._snap(version, snap.removals, snap.index, snap.row_subject, snap.templates,
-                              snap.sums, snap.keys, snap.key_norms)
+                              snap.template_ids, snap.sums, snap.keys, snap.key_norms)
         if not len(snap.templates):
             return self._load(version, snap.removals)
         codes, index = self._codes(subject_ids, snap.index)
@@ -127,8 +134,9 @@ class Gallery:
         if keys is not None:
             keys, norms = np.concatenate([snap.keys, keys]), np.concatenate([snap.key_norms, norms])
         return self._snap(version, snap.removals, index, np.concatenate([snap.row_subject, codes]),
-                          np.concatenate([snap.templates, new]), self._sums(codes, new, len(index), snap.sums),
-                          keys, norms)
+                          np.concatenate([snap.templates, new]),
+                          np.concatenate([snap.template_ids, np.array(template_ids, dtype=object)]),
+                          self._sums(codes, new, len(index), snap.sums), keys, norms)
 
     def snapshot(self):
         """The current snapshot, brought up to the store's state first when it has moved."""
@@ -175,3 +183,29 @@ class Gallery:
             exact.append((distance, snap.subjects[code], int(snap.counts[code])))
         exact.sort()
         return [(subject, distance, count) for distance, subject, count in exact[:top_k]]
+
+    def _nearest_rows(self, snap, probe, k):
+        """(rows, exact distances) of the `k` template rows nearest `probe`, nearest first (ties: row order)."""
+        keys, norms = (snap.keys, snap.key_norms) if self.rule != "centroid" else \
+            self._row_keys(snap.templates, always=True)  # centroid keys are per subject: rows' made here
+        p = self._keys(probe[None, :])[0]
+        coarse = self.distance.from_inner(keys @ p, norms, float(p @ p))
+        n = min(len(coarse), k + RESCORE_EXTRA)
+        shortlist = np.argpartition(coarse, n - 1)[:n] if n < len(coarse) else np.arange(len(coarse))
+        exact = pair_distances(np.broadcast_to(probe, (n, len(probe))), snap.templates[shortlist], self.metric)
+        order = np.lexsort((shortlist, exact))[:k]
+        return shortlist[order], exact[order]
+
+    def nearest_templates(self, probe, k=10):
+        """The `k` templates nearest `probe`: ([(subject id, template id, distance)] nearest first, snapshot).
+
+        Distances are those of a 1:1 pair verify of the probe against that one image
+        (`pair_distances`, float64), whatever the fusion rule.
+        """
+        probe = np.asarray(probe, dtype=np.float32).reshape(-1)
+        snap = self.snapshot()
+        if not len(snap.templates):
+            return [], snap
+        rows, distances = self._nearest_rows(snap, probe, k)
+        return [(snap.subjects[snap.row_subject[row]], snap.template_ids[row], float(d))
+                for row, d in zip(rows, distances)], snap

@@ -4,6 +4,8 @@
               in one transaction tagged with the bundle id; failures to enrol are reported
     verify    a probe against a claimed subject's templates, fused with the calibrated rule
     identify  1:N: the top-k subjects by fused distance, "no match" when none passes
+    search    similarity search over the catalogue: the k nearest single images (templates),
+              each scored as a 1:1 pair verify would score it
     reembed   move templates to the current bundle where images were kept; list the rest
 
 Each service serves one modality (one bundle): a subject of another modality is a 409
@@ -12,7 +14,9 @@ modality's subjects. A subject created before modalities existed (NULL) belongs 
 default modality. Templates made by another bundle are never compared with the current one. The fusion rule,
 threshold and confidence map come from calibration.json's "fusion" section, fitted with
 the same protocol (k enrolled images per held-out identity, the rest as probes), so a
-subject decision means what a pair decision means.
+subject decision means what a pair decision means. A search hit is one probe against one
+image, a pair: its confidence and decision come from the top-level (pair) calibration, as
+/v1/verify's do.
 """
 
 import threading
@@ -28,14 +32,16 @@ from verifier.enrollment.store import Conflict, check_subject_id
 from verifier.enrollment.store.base import check_modality
 
 TOP_K = 5  # candidates identify returns unless asked otherwise
-MAX_TOP_K = 100
+MAX_TOP_K = 100  # also the most images a search returns
+SEARCH_K = 10  # images search returns unless asked otherwise
+SEARCH_RULE = "min"  # the gallery search reads when the bundle has no fusion section (rows are rows)
 REEMBED_BATCH = 64
 
 
-def check_top_k(top_k):
-    """identify returns 1 to MAX_TOP_K candidates; anything else (text, a float, a bool) is a 400."""
+def check_top_k(top_k, name="top_k"):
+    """identify and search return 1 to MAX_TOP_K answers; anything else (text, a float, a bool) is a 400."""
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
-        raise VerifierError(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {top_k!r}", code="invalid_option")
+        raise VerifierError(f"{name} must be an integer from 1 to {MAX_TOP_K}, got {top_k!r}", code="invalid_option")
     return top_k
 
 
@@ -55,6 +61,13 @@ class NotCalibrated(VerifierError):
 
     status = 503
     code = "not_calibrated"
+
+
+class EmptyCatalogue(VerifierError):
+    """A search found no image of the current bundle (and modality) to rank (404)."""
+
+    status = 404
+    code = "empty_catalogue"
 
 
 class EnrollmentService:
@@ -90,9 +103,9 @@ class EnrollmentService:
         """The subject decision rule: the fusion section's, or the override (checked by the scorer)."""
         return self.scorer.rule(threshold=threshold, target_fmr=target_fmr, section=self.fusion())
 
-    def gallery(self):
-        """This worker's cached gallery for the current bundle and fusion rule."""
-        rule = self.fusion()["rule"]
+    def gallery(self, rule=None):
+        """This worker's cached gallery for the current bundle and fusion rule (or `rule`)."""
+        rule = rule or self.fusion()["rule"]
         with self._lock:
             if self._gallery is None or self._gallery.rule != rule:
                 self._gallery = Gallery(self.store, self.scorer.bundle_id, self.scorer.metric, rule,
@@ -199,6 +212,38 @@ class EnrollmentService:
                 "gallery": {"subjects": len(snap.subjects), "templates": int(len(snap.templates))},
                 "modality": self.modality, "model": self.scorer.bundle_id, "calibration_id": self.scorer.calibration_id,
                 "timings_ms": clock.laps}
+
+    # -- search -------------------------------------------------------------------------
+
+    def search(self, probe, *, k=SEARCH_K, threshold=None, target_fmr=None):
+        """The `k` catalogue images (templates) nearest a decoded probe, each with its pair decision.
+
+        The catalogue is the store: its subjects are the items, their templates the images. It
+        reads identify's cached gallery (the fusion rule's; only the rows are used). 404
+        `empty_catalogue` when no image of this bundle and modality is stored, before embedding.
+        """
+        check_top_k(k, "k")
+        rule = self.scorer.rule(threshold=threshold, target_fmr=target_fmr)  # the pair calibration
+        clock = Stopwatch()
+        calibration = self.scorer.calibration or {}
+        gallery = self.gallery((calibration.get("fusion") or {}).get("rule") or SEARCH_RULE)
+        if not len(gallery.snapshot().templates):
+            where = f" of modality {self.modality!r}" if self.modality else ""
+            raise EmptyCatalogue(f"the catalogue holds no image{where} made by bundle {self.scorer.bundle_id}: "
+                                 "add images first (`python -m verifier catalogue add FOLDER`, or "
+                                 "POST /v1/subjects/<id>/templates)")
+        embedding = self.scorer.embed([probe], names=["the probe"])[0]
+        clock.lap("embed")
+        hits, snap = gallery.nearest_templates(embedding, k)
+        clock.lap("search")
+        decisions = rule.decide([distance for _, _, distance in hits]) if hits else []
+        results = [{"rank": rank, "subject_id": subject, "template_id": template, "distance": dec["distance"],
+                    "confidence": dec["confidence"], "decision": dec["decision"]}
+                   for rank, ((subject, template, _), dec) in enumerate(zip(hits, decisions), 1)]
+        return {"results": results, "k": k, "threshold": rule.threshold, "policy": rule.policy,
+                "catalogue": {"items": len(snap.subjects), "images": int(len(snap.templates))},
+                "modality": self.modality, "model": self.scorer.bundle_id,
+                "calibration_id": self.scorer.calibration_id, "timings_ms": clock.laps}
 
     # -- re-embed -----------------------------------------------------------------------
 

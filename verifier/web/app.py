@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 from verifier import settings
 from verifier.core.acquisition import NoFaceFound
 from verifier.core.errors import VerifierError
-from verifier.web import auth, calibration_view, metrics, openapi, page, subjects, verify
+from verifier.web import auth, calibration_view, metrics, openapi, page, search, subjects, verify
 from verifier.web.extensions import Enrollment, Scorers
 
 HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
@@ -64,6 +64,7 @@ def create_app(config=None):
     Enrollment(app)
     app.register_blueprint(verify.bp)
     app.register_blueprint(subjects.bp)
+    app.register_blueprint(search.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(calibration_view.bp)
     app.register_blueprint(page.bp)

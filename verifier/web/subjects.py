@@ -8,6 +8,7 @@
     POST   /v1/subjects/<id>/templates    images under `image` (repeated, or a JSON array)
     POST   /v1/subjects/<id>/verify       one probe under `image` against the subject
     POST   /v1/identify                   one probe under `image` -> top-k, or no match
+    (POST  /v1/search                     the k nearest single images: verifier.web.search)
 
 Each subject belongs to one modality (`POST /v1/subjects {"modality": ...}`; absent: the
 default). The image routes take a `modality` field (form field, JSON key or query string;

@@ -372,7 +372,8 @@ class SqlStore:
 
     @retried_read
     def gallery(self, bundle_id, after=-1, upto=None, *, modality=None, default_modality=None):
-        """One bundle's templates written at versions in (after, upto], as (subject ids, (M, D) embeddings).
+        """One bundle's templates written at versions in (after, upto], as (subject ids, template
+        ids, (M, D) embeddings).
 
         Rows come grouped by subject, each subject's in the order `subject_templates` uses (so
         fused distances agree to the last bit). A cache loads everything up to the version it
@@ -383,11 +384,11 @@ class SqlStore:
         where, params = modality_filter(modality, default_modality)
         join = " JOIN subjects s ON s.id = t.subject_id" if where else ""
         with self.transaction() as tx:
-            rows = tx.all(f"SELECT t.subject_id, t.embedding FROM templates t{join} WHERE t.bundle_id = ? "
+            rows = tx.all(f"SELECT t.subject_id, t.id, t.embedding FROM templates t{join} WHERE t.bundle_id = ? "
                           f"AND t.added_version > ? AND t.added_version <= ?{where} "
                           "ORDER BY t.subject_id, t.added_version, t.id",
                           (bundle_id, after, upto, *params))
-        return [r[0] for r in rows], embedding_matrix([r[1] for r in rows])
+        return [r[0] for r in rows], [r[1] for r in rows], embedding_matrix([r[2] for r in rows])
 
     @retried_read
     def count_templates(self, bundle_id=None):
