@@ -1,15 +1,29 @@
 """Open-set verification accuracy: Siamese towers against classical baselines.
 
     python bench/accuracy.py --data orl --folds 4
+    python bench/accuracy.py --data ../shared/data/cifar10-test --models raw-pixels,pca,colour-hist
 
-Fold f holds out identities f*10+1 .. f*10+10 (in the data set's identity order); every
-model is fitted on the other identities only (the Siamese models keep a few of those
-aside to choose the number of epochs, then train again on all of them, as
+Fold f holds out identities f*P+1 .. f*P+P (in the data set's identity order; the folds are
+disjoint); every model is fitted on the other identities only (the Siamese models keep a few
+of those aside to choose the number of epochs, then train again on all of them, as
 `python -m training` does; `--no-refit` scores the early-stopped model). On the held-out
 images it scores all genuine pairs (ORL: 10 x 45 = 450) and all impostor pairs (4,500)
 and prints the exact EER (linear interpolation where FMR and FNMR cross, with counts at
 the nearest real threshold), the AUC and the fitting time, per fold and as a mean; the
 last line is JSON.
+
+The fold layout (`fold_layout`, printed): P = --per-fold, by default 10 (ORL: 4 x 10 = every
+person held out once), at most identities // folds; signatures: writers // folds. Data with
+fewer than 20 identities (Fashion-MNIST, CIFAR-10: 10 classes) gets 3 folds by default, 3
+classes a fold: 4 folds could hold out only 2, whose impostor pairs would all be one pair of
+classes and whose one-shot episodes (bench/oneshot.py) only 2-way; 3 a fold keeps 7 of 10
+classes to train on and holds out 9 of the 10 once.
+
+Large data sets: `--per-class N` (default 200) keeps a seeded sample of at most N images of
+each identity (and N forgeries) before the folds are made (Fashion-MNIST: 7,000 a class;
+CIFAR-10: 500). All genuine pairs are scored (CIFAR-10: 3 x 19,900 a fold); impostor pairs
+above `--max-impostors` (default 50,000) are a seeded uniform sample, the count available
+printed beside it (ORL's 4,500 and SigComp2011's at most 45,072 a fold stay complete).
 
 Face data (ORL, a folder of face photos) adds the face pipeline's rows: faces detected and
 aligned once (verifier.core.acquisition; images with no face are failures to acquire, counted
@@ -18,7 +32,8 @@ and left out of that model's pairs), then dlib's pretrained ResNet as it is
 (`face-resnet-triplet`, `face-resnet-contrastive`, settings from --set as for the small
 CNN). `dlib` is face_recognition's own pipeline (bench/dlib_face.py), measured in the same
 run when `dlib-bin` and `face-recognition-models` are installed (requirements-bench.txt).
-The small CNN and the classical baselines keep the `face-small` profile.
+The small CNN and the classical baselines keep the `face-small` profile. Other data uses the
+profile its loader names (imagesets: `data.profile`); `--profile NAME` overrides either.
 """
 
 import argparse
@@ -35,10 +50,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from bench import dlib_face
-from bench.baselines import BASELINES
+from bench.baselines import ALIASES, BASELINES
 from calibration.metrics import auc, eer
 from calibration.pairs import pair_comparisons
-from imagesets import load_dataset
+from imagesets import LabelledImages, load_dataset
 from training.bundles import default_split, fit_tower
 from training.towers import PRETRAINED, build_tower
 from training.trainer import TrainConfig
@@ -111,34 +126,45 @@ class Score(NamedTuple):
     result: object  # calibration.metrics.EER
     point: object
     auc: float
+    available: int = 0  # impostor pairs of this kind before any sampling
 
 
-def _score(genuine, impostor):
+def _score(genuine, impostor, available=None):
     result = eer(genuine, impostor)
     point = next(p for p in result.bracket if p.threshold == result.threshold)
-    return Score(result, point, auc(genuine, impostor))
+    return Score(result, point, auc(genuine, impostor), len(impostor) if available is None else available)
 
 
-def evaluate(embeddings, labels, forged, metric):
+def evaluate(embeddings, labels, forged, metric, max_impostors=None, seed=0):
     """Scores over all held-out pairs, per kind of impostor: {"all": ...} for data without
     forgeries; for signatures {"skilled": genuine vs forgeries of the claimed writer,
-    "random": genuine vs other writers' genuine signatures}, reported apart."""
-    pairs = pair_comparisons(embeddings, labels, forged, metric)
-    if not pairs.forgery.any():
-        return {"all": _score(pairs.genuine, pairs.impostor)}
+    "random": genuine vs other writers' genuine signatures}, reported apart. Impostor pairs
+    between identities above `max_impostors` are a seeded sample (forgeries: all kept)."""
+    pairs = pair_comparisons(embeddings, labels, forged, metric, max_impostors=max_impostors, seed=seed)
     impostor = pairs.label == 0
+    skilled = int((impostor & pairs.forgery).sum())
+    if not skilled:
+        return {"all": _score(pairs.genuine, pairs.impostor, pairs.sampled_from)}
     return {"skilled": _score(pairs.genuine, pairs.distance[impostor & pairs.forgery]),
-            "random": _score(pairs.genuine, pairs.distance[impostor & ~pairs.forgery])}
+            "random": _score(pairs.genuine, pairs.distance[impostor & ~pairs.forgery], pairs.sampled_from - skilled)}
 
 
-def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_protocol_arguments(p):
+    """The data, fold, sampling and model arguments bench/accuracy.py and bench/oneshot.py share."""
     p.add_argument("--data", default="orl")
-    p.add_argument("--folds", type=int, default=4)
+    p.add_argument("--folds", type=int, default=None,
+                   help="disjoint folds of held-out identities (default 4; fewer than 20 identities: 3)")
     p.add_argument("--per-fold", type=int, default=None,
-                   help="identities held out per fold (default 10; signatures: the writers / --folds)")
+                   help="identities held out per fold (default min(10, identities / folds); "
+                        "signatures: the writers / --folds)")
     p.add_argument("--only-folds", default=None, help="comma list of fold numbers (1-based) to run")
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma list of: {', '.join(MODELS)}")
+    p.add_argument("--per-class", type=int, default=200,
+                   help="seeded sample of at most N images of each identity, before the folds (0: all)")
+    p.add_argument("--profile", default=None,
+                   help="preprocessing profile of the small CNN and the baselines "
+                        "(default: the data's own; face photos: face-small)")
+    p.add_argument("--models", default=",".join(MODELS),
+                   help=f"comma list of: {', '.join(MODELS)} (pca: eigenfaces by its general name)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a training setting for the Siamese models (e.g. epochs=10)")
     p.add_argument("--validation-identities", type=int, default=None,
@@ -151,10 +177,18 @@ def build_parser():
     return p
 
 
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_protocol_arguments(p)
+    p.add_argument("--max-impostors", type=int, default=50_000,
+                   help="impostor pairs a fold above which a seeded sample of this many is scored (0: all)")
+    return p
+
+
 def choose_models(spec, data):
     """The --models list, less the face rows on data that is not faces and dlib when it is not installed."""
     models = [m for m in spec.split(",") if m]
-    unknown = sorted(set(models) - set(MODELS))
+    unknown = sorted(set(models) - set(MODELS) - set(ALIASES))
     if unknown:
         raise SystemExit(f"unknown models: {', '.join(unknown)}")
     if data.profile != "face":
@@ -186,6 +220,79 @@ class Fold(NamedTuple):
     fit_x: np.ndarray
 
 
+def fold_layout(n_identities, kind, folds=None, per_fold=None):
+    """(folds, identities held out a fold, why) for a data set of `kind` (its profile's name);
+    the folds are disjoint slices of the identity list, so folds * per_fold must fit."""
+    few = folds is None and n_identities < 20 and kind != "signature"
+    folds = (3 if few else 4) if folds is None else folds
+    why = "--per-fold given"
+    if per_fold is None:
+        if kind == "signature":
+            per_fold, why = n_identities // folds, "signatures: the writers / folds"
+        else:
+            per_fold = min(10, n_identities // folds)
+            why = "10 a fold" if per_fold == 10 else "identities / folds"
+    if few:
+        why = f"fewer than 20 identities: 3 folds, {why}"
+    if folds < 1 or per_fold < 2 or folds * per_fold > n_identities or per_fold + 4 > n_identities:
+        raise SystemExit(f"{n_identities} identities cannot make {folds} folds of {per_fold}")
+    return folds, per_fold, why
+
+
+def held_out(identities, number, per_fold):
+    """Fold `number`'s (1-based) held-out identities."""
+    return identities[(number - 1) * per_fold:number * per_fold]
+
+
+def sample_per_class(data, n, seed):
+    """At most `n` images of each identity (genuine and forged apart), a seeded choice, order kept."""
+    if not n:
+        return data
+    rng = np.random.default_rng([seed, 2])
+    groups = data.labels * 2 + data.forged
+    keep = []
+    for group in np.unique(groups):
+        rows = np.flatnonzero(groups == group)
+        keep.extend(rows if len(rows) <= n else rng.choice(rows, size=n, replace=False))
+    if len(keep) == len(data):
+        return data
+    keep = np.sort(np.array(keep, dtype=np.int64))
+    return dataclasses.replace(data, images=[data.images[i] for i in keep], labels=data.labels[keep],
+                               forged=data.forged[keep])
+
+
+class Setup(NamedTuple):
+    """What both benches run on: the (sampled) data, models, profile, faces and fold layout."""
+
+    data: LabelledImages
+    models: list
+    profile: object
+    faces: object
+    folds: list
+    per_fold: int
+    overrides: dict
+
+
+def prepare(args):
+    """Load and sample the data, choose models and profile, detect faces once, lay out the folds (printed)."""
+    overrides = {"seed": args.seed, **parse_overrides(args.set)}
+    full = load_dataset(args.data, strict=True)
+    data = sample_per_class(full, args.per_class, args.seed)
+    models = choose_models(args.models, data)
+    profile = get_profile(args.profile or ("face-small" if data.profile == "face" else data.profile))
+    faces = detect_faces(data) if any(m in FACE for m in models) else None
+    n_folds, per_fold, why = fold_layout(len(data.identities), data.profile, args.folds, args.per_fold)
+    args.folds, args.per_fold = n_folds, per_fold
+    folds = range(1, n_folds + 1) if args.only_folds is None else [int(f) for f in args.only_folds.split(",")]
+    print(f"{data.name}: {len(data.identities)} identities, {len(data)} images; "
+          f"{args.folds} folds of {args.per_fold} held-out identities; settings {overrides}")
+    never = len(data.identities) - n_folds * per_fold
+    print(f"layout: {why}; {never} of {len(data.identities)} identities never held out; profile {profile.name}"
+          + (f"; at most {args.per_class} images an identity: {len(data)} of {len(full)}" if len(data) < len(full)
+             else ""))
+    return Setup(data, models, profile, faces, list(folds), per_fold, overrides)
+
+
 def make_fold(data, held, validation_identities, seed, profile):
     test = data.subset(held)
     split = default_split(data.identities, held, validation_identities, seed)
@@ -193,8 +300,19 @@ def make_fold(data, held, validation_identities, seed, profile):
     return Fold(held, split, test, preprocess_batch(test.images, profile), fit, preprocess_batch(fit.images, profile))
 
 
-def score_model(model, fold, data, faces, profile, args, overrides):
-    """Fit `model` for the fold and score its held-out pairs: (EER result, operating point, AUC, seconds, extra)."""
+class Embedded(NamedTuple):
+    """A model fitted for one fold: its embeddings of the held-out images that it could embed."""
+
+    embeddings: np.ndarray
+    labels: np.ndarray
+    forged: np.ndarray
+    metric: str
+    seconds: float
+    extra: dict
+
+
+def fold_embeddings(model, fold, data, faces, profile, args, overrides):
+    """Fit `model` on the fold's training identities and embed its held-out images."""
     extra, labels, forged = {}, fold.test.labels, fold.test.forged
     if model in FACE:
         face_profile = chip_profile(get_profile("face"))
@@ -216,15 +334,25 @@ def score_model(model, fold, data, faces, profile, args, overrides):
         embeddings, metric = embed(fold.test_x), "euclidean"
     else:
         start = time.perf_counter()
-        embeddings, metric = BASELINES[model](fold.fit_x, fold.fit.labels, fold.test_x), "cosine"
+        embeddings, metric = BASELINES[ALIASES.get(model, model)](fold.fit_x, fold.fit.labels, fold.test_x), "cosine"
         seconds = time.perf_counter() - start
-    return evaluate(embeddings, labels, forged, metric), seconds, extra
+    return Embedded(embeddings, labels, forged, metric, seconds, extra)
+
+
+def score_model(model, fold, data, faces, profile, args, overrides):
+    """Fit `model` for the fold and score its held-out pairs: (scores per kind of impostor, seconds, extra)."""
+    fitted = fold_embeddings(model, fold, data, faces, profile, args, overrides)
+    return (evaluate(fitted.embeddings, fitted.labels, fitted.forged, fitted.metric, args.max_impostors or None,
+                     args.seed), fitted.seconds, fitted.extra)
 
 
 def _record(score):
     point = score.point
-    return {"eer": score.result.value, "auc": score.auc, "false_matches": point.fmr.errors,
-            "impostor": point.fmr.total, "false_non_matches": point.fnmr.errors, "genuine": point.fnmr.total}
+    record = {"eer": score.result.value, "auc": score.auc, "false_matches": point.fmr.errors,
+              "impostor": point.fmr.total, "false_non_matches": point.fnmr.errors, "genuine": point.fnmr.total}
+    if score.available > point.fmr.total:
+        record["impostor_available"] = score.available
+    return record
 
 
 def fold_row(fold_number, fold, model, scores, seconds, extra):
@@ -234,8 +362,9 @@ def fold_row(fold_number, fold, model, scores, seconds, extra):
         point = score.point
         counts = f"(FMR {point.fmr.errors}/{point.fmr.total}, FNMR {point.fnmr.errors}/{point.fnmr.total})"
         label = model if kind == "all" else f"{model} {kind}"
+        sampled = f"  impostors sampled of {score.available}" if score.available > point.fmr.total else ""
         print(f"fold {fold_number} ({fold.held[0]}..{fold.held[-1]})  {label:32s} EER {100 * score.result.value:.2f}% "
-              f"{counts:32s} AUC {score.auc:.4f}  fit {seconds:6.1f} s{fta}", flush=True)
+              f"{counts:32s} AUC {score.auc:.4f}  fit {seconds:6.1f} s{fta}{sampled}", flush=True)
     kinds = {kind: _record(score) for kind, score in scores.items()}
     return {**kinds.pop("all", {}), **kinds, "seconds": round(seconds, 1), **extra}
 
@@ -263,29 +392,20 @@ def summarise(models, results, folds):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    overrides = {"seed": args.seed, **parse_overrides(args.set)}
-    data = load_dataset(args.data, strict=True)
-    models = choose_models(args.models, data)
-    profile = get_profile("face-small" if data.profile == "face" else data.profile)
-    faces = detect_faces(data) if any(m in FACE for m in models) else None
-    folds = range(1, args.folds + 1) if args.only_folds is None else [int(f) for f in args.only_folds.split(",")]
-    if args.per_fold is None:
-        args.per_fold = len(data.identities) // args.folds if data.profile == "signature" else 10
-    if args.folds * args.per_fold > len(data.identities) or args.per_fold + 4 > len(data.identities):
-        raise SystemExit(f"{len(data.identities)} identities cannot make {args.folds} folds of {args.per_fold}")
-    print(f"{data.name}: {len(data.identities)} identities, {len(data)} images; "
-          f"{args.folds} folds of {args.per_fold} held-out identities; settings {overrides}")
+    setup = prepare(args)
+    data, models, profile = setup.data, setup.models, setup.profile
     results = {m: {} for m in models}
-    for number in folds:
-        fold = make_fold(data, data.identities[(number - 1) * args.per_fold:number * args.per_fold],
-                         args.validation_identities, args.seed, profile)
+    for number in setup.folds:
+        fold = make_fold(data, held_out(data.identities, number, setup.per_fold), args.validation_identities,
+                         args.seed, profile)
         for model in models:
-            results[model][number] = fold_row(number, fold, model,
-                                              *score_model(model, fold, data, faces, profile, args, overrides))
-    summary = summarise(models, results, folds)
-    print(json.dumps({"data": data.name, "fingerprint": data.fingerprint, "folds": list(folds),
-                      "per_fold": args.per_fold, "validation_identities": args.validation_identities,
-                      "settings": overrides, "models": summary}))
+            results[model][number] = fold_row(number, fold, model, *score_model(
+                model, fold, data, setup.faces, profile, args, setup.overrides))
+    summary = summarise(models, results, setup.folds)
+    print(json.dumps({"data": data.name, "fingerprint": data.fingerprint, "folds": setup.folds,
+                      "per_fold": setup.per_fold, "validation_identities": args.validation_identities,
+                      "settings": setup.overrides, "images": len(data), "per_class": args.per_class,
+                      "max_impostors": args.max_impostors, "profile": profile.name, "models": summary}))
     return 0
 
 
