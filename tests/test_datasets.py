@@ -13,7 +13,7 @@ def test_folder_layout(image_folder):
     data = load_folder(image_folder)
     assert len(data) == 36 and len(data.identities) == 6
     assert data.counts() == {f"id{k:02d}": 6 for k in range(6)}
-    assert data.profile == "face" and not data.forged.any()
+    assert data.profile == "small-grey" and "greyscale" in data.profile_reason and not data.forged.any()
     assert load_folder(image_folder).fingerprint == data.fingerprint
 
 

@@ -114,3 +114,26 @@ def test_a_blank_textured_page_has_no_ink():
     rng = np.random.default_rng(3)
     page = np.clip(235 + rng.normal(0, 6, (120, 300)), 0, 255).astype(np.uint8)
     assert (clean_ink(page) == 255).all()
+
+
+def test_letterbox_keeps_the_whole_picture_and_pads_with_mid_grey():
+    wide = np.zeros((50, 200, 3), np.uint8)
+    wide[:, :, 0] = 255  # all red, 4:1
+    out = preprocess(wide, get_profile("product"))
+    assert out.shape == (160, 160, 3) and out.min() >= 0 and out.max() <= 1
+    assert np.allclose(out[80, :, 0], 1.0) and np.allclose(out[80, :, 1], 0.0)  # every column of red kept
+    assert np.allclose(out[0], 128 / 255, atol=1e-6) and np.allclose(out[-1], 128 / 255, atol=1e-6)
+    tall = np.full((90, 30, 1), 10, np.uint8)
+    grey = preprocess(tall, get_profile("product-grey"))
+    assert grey.shape == (96, 96, 1) and np.allclose(grey[:, 0], 128 / 255) and np.allclose(grey[48, 48], 10 / 255)
+
+
+@pytest.mark.parametrize("name, channels", [("product", 3), ("small-colour", 3), ("product-grey", 1),
+                                            ("small-grey", 1)])
+def test_colour_profiles_keep_colour_and_grey_ones_grey(name, channels):
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[..., 2] = 200  # blue
+    out = preprocess(image, get_profile(name))
+    assert out.shape[-1] == channels
+    if channels == 3:
+        assert out[..., 2].max() > 0.7 and out[..., 0].max() == 0  # still blue, not grey

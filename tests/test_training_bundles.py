@@ -69,8 +69,11 @@ def test_the_cli_is_train_bundle_with_its_arguments(trained, folder, tmp_path, c
     for a, b in zip(cli.model.get_weights(), load_bundle(result.path).model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
+    assert cli.meta["recipe"]["profile_reason"] == "given with --profile"
+    assert result.recipe["profile_reason"].startswith("greyscale images")  # the data's own choice
+
     def timeless(recipe):
-        drop = {"training_seconds"}
+        drop = {"training_seconds", "profile_reason"}
         refit = recipe["refit"] and {k: v for k, v in recipe["refit"].items() if k not in drop}
         return {**{k: v for k, v in recipe.items() if k not in drop}, "refit": refit}
 

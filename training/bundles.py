@@ -11,15 +11,17 @@ from pathlib import Path
 
 import numpy as np
 
-from training import face_resnet
+from training import face_resnet, imagenet_mobilenet
 from training.splits import default_holdout, default_validation, split_identities
-from training.towers import PRETRAINED
 from training.trainer import refit, train
 from verifier.core.acquisition import acquire_dataset, chip_profile
 from verifier.core.bundle import save_bundle
 from verifier.core.errors import DatasetError
 from verifier.core.faces import detector
 from verifier.core.profiles import preprocess_batch
+
+# towers built from published weights -> where those came from (bundle.json's recipe "pretrained")
+PROVENANCE = {"face-resnet": face_resnet.provenance, "imagenet-mobilenetv2": imagenet_mobilenet.provenance}
 
 VALIDATION_PER_IDENTITY = 100
 
@@ -122,7 +124,7 @@ def fit_tower(config, data, split, profile, *, validation=None, refit_after=True
     return Fitted(result, final, names)
 
 
-def bundle_recipe(config, fitted, data, split, profile, spec=None):
+def bundle_recipe(config, fitted, data, split, profile, spec=None, profile_reason=None):
     """bundle.json's `recipe`: the settings, data, split and training history behind the model."""
     result, final = fitted.training, fitted.final
     refitted = None if fitted.refit_identities is None else {
@@ -136,9 +138,9 @@ def bundle_recipe(config, fitted, data, split, profile, spec=None):
         holdout_identities=split.holdout, best_validation_eer=result.best_validation_eer,
         best_epoch=result.best_epoch, refit=refitted, training_seconds=round(fitted.seconds, 1),
         flip_tta=final.model is not final.tower, hyperparameters=config.to_dict(),
-        history=result.history)
-    if config.tower in PRETRAINED:
-        recipe["pretrained"] = face_resnet.provenance()
+        history=result.history, profile_reason=profile_reason or data.profile_reason)
+    if config.tower in PROVENANCE:
+        recipe["pretrained"] = PROVENANCE[config.tower]()
     if profile.detector:
         recipe["face_detector"] = detector.provenance()
     return recipe
@@ -155,10 +157,11 @@ class TrainedBundle:
 
 
 def train_bundle(data, config, split, out, *, profile, metric="euclidean", refit_after=True, spec=None,
-                 checkpoint_dir=None, resume=False, verbose=True, log=_quiet):
+                 checkpoint_dir=None, resume=False, verbose=True, log=_quiet, profile_reason=None):
     """Acquire faces (face profiles), train on `split` with `config`, refit, and save the bundle to `out`.
 
-    data: LabelledImages; spec: how the data was named (recorded in the recipe); checkpoints go to
+    data: LabelledImages; spec: how the data was named and profile_reason why `profile` was chosen
+    (both recorded in the recipe; the reason defaults to the data's own); checkpoints go to
     `checkpoint_dir` (default OUT/checkpoint); `log` receives one-line progress messages.
     """
     n_identities = len(data.identities)
@@ -176,6 +179,6 @@ def train_bundle(data, config, split, out, *, profile, metric="euclidean", refit
     fitted = fit_tower(config, data, split, inputs_profile, validation=validation, refit_after=refit_after,
                        metric=metric, checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else out / "checkpoint",
                        resume=resume, identity=identity, verbose=verbose, log=log)
-    recipe = bundle_recipe(config, fitted, data, split, profile, spec)
+    recipe = bundle_recipe(config, fitted, data, split, profile, spec, profile_reason)
     bundle_id = save_bundle(out, fitted.final.model, profile=profile, metric=metric, recipe=recipe)
     return TrainedBundle(bundle_id, out, recipe, fitted)

@@ -17,16 +17,13 @@ from imagesets import load_dataset
 from training.augment import LEVELS
 from training.bundles import default_split, train_bundle
 from training.splits import parse_holdout
-from training.towers import PRETRAINED, TOWERS
-from training.trainer import DEFAULT_MINING, LOSSES, MINING, PRETRAINED_EPOCHS, TrainConfig
+from training.towers import PRETRAINED, TOWERS, default_tower
+from training.trainer import DEFAULT_DROPOUT, DEFAULT_MINING, LOSSES, MINING, PRETRAINED_EPOCHS, TrainConfig
 from verifier.core.bundle import METRICS
 from verifier.core.errors import DatasetError, VerifierError
 from verifier.core.profiles import PROFILES, get_profile
 
 DEFAULTS = TrainConfig()
-# profiles with a pretrained tower, and signatures: a fixed oriented-gradient front end with a
-# learnt head measured best on unseen SigComp2011 writers (README, Signatures)
-DEFAULT_TOWER = {"face": "face-resnet", "face-chip": "face-resnet", "signature": "gradients"}
 
 
 def build_parser():
@@ -43,7 +40,9 @@ def build_parser():
                       help="identities (not trained on) whose EER drives early stopping "
                            "(default: a tenth of the rest, at least 2; 0 disables early stopping)")
     data.add_argument("--profile", choices=sorted(PROFILES), default=None,
-                      help="preprocessing profile (default: the data set's own: face, signature or product)")
+                      help="preprocessing profile (default: chosen from the images and printed: signature for "
+                           "the genuine/forged layout, face where a face is found in most sampled images, "
+                           "else product or small-colour (colour), product-grey or small-grey (greyscale))")
     data.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
     model = p.add_argument_group("model and loss")
     model.add_argument("--loss", choices=LOSSES, default=DEFAULTS.loss)
@@ -56,13 +55,15 @@ def build_parser():
     model.add_argument("--soft-margin", action="store_true", help="triplet: softplus instead of a hinge")
     model.add_argument("--tower", choices=TOWERS, default=None,
                        help="default: face-resnet (pretrained) for the face profiles, gradients for signatures, "
+                            "imagenet-mobilenetv2 (pretrained, frozen, learnt head) for product and product-grey, "
                             "small otherwise")
     model.add_argument("--trainable-stages", type=int, default=DEFAULTS.trainable_stages,
                        help="pretrained towers: how many of the backbone's last stages fine-tuning may "
                             "change (0: frozen backbone, only the projection head learns)")
     model.add_argument("--embedding-size", type=int, default=None,
                        help="default: 128 for cosface, 64 for the other losses")
-    model.add_argument("--dropout", type=float, default=DEFAULTS.dropout)
+    model.add_argument("--dropout", type=float, default=None,
+                       help=f"default: {DEFAULT_DROPOUT}; 0.2 for imagenet-mobilenetv2")
     model.add_argument("--metric", choices=METRICS, default="euclidean",
                        help="distance recorded in the bundle (embeddings are L2-normalised)")
     model.add_argument("--no-flip-tta", dest="flip_tta", action="store_false",
@@ -147,14 +148,17 @@ def _wrote(trained):
 def run(args):
     data = _load(args.data, args.strict)
     profile = get_profile(args.profile or data.profile)
+    reason = "given with --profile" if args.profile else data.profile_reason
+    print(f"profile: {profile.name} ({reason})")
     if args.tower is None:
-        args.tower = DEFAULT_TOWER.get(profile.name, "small")
+        args.tower = default_tower(profile.name)
     _check_positive(args)
     split = default_split(data.identities, parse_holdout(args.holdout_identities), args.validation_identities,
                           args.seed)
     trained = train_bundle(data, _config(args), split, args.out, profile=profile, metric=args.metric,
                            refit_after=args.refit, spec=args.data, checkpoint_dir=args.checkpoint_dir,
-                           resume=args.resume, verbose=not args.quiet, log=print)
+                           resume=args.resume, verbose=not args.quiet, log=print,
+                           profile_reason=reason)
     print(_wrote(trained))
     return 0
 

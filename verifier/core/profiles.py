@@ -22,6 +22,9 @@ class Profile:
     # "standardize": per-image zero mean, unit variance; "unit": [0, 1]; "none": 0-255 as
     # they are (a pretrained tower that normalises inside itself)
     normalize: str = "standardize"
+    # how the image meets the target aspect: "crop" the longer side (faces, tight crops), or
+    # "letterbox" (products: the whole object kept, padded with mid-grey)
+    fit: str = "crop"
     ink_crop: bool = False  # signatures: crop to the ink's bounding box, pad to aspect
     # signatures: flatten the paper (uneven light, scanner shading, texture) and segment the
     # ink before the crop, paper made plain white and ink contrast stretched (`clean_ink`)
@@ -57,8 +60,17 @@ PROFILES = {
     # scanned signatures: ink cleaned and cropped, aspect kept, ink bright on black, never mirrored
     "signature": Profile("signature", height=64, width=160, normalize="unit", ink_crop=True,
                          clean_ink=True, invert=True, allow_flip=False),
-    "product": Profile("product", height=28, width=28, normalize="unit"),
+    # colour photos of products or anything else: the whole picture kept (letterboxed) at a size
+    # a pretrained tower sees objects at
+    "product": Profile("product", height=160, width=160, channels=3, normalize="unit", fit="letterbox"),
+    # greyscale photos: the same, one channel
+    "product-grey": Profile("product-grey", height=96, width=96, normalize="unit", fit="letterbox"),
+    # thumbnails (CIFAR-like, about 32 px): kept at their own size
+    "small-colour": Profile("small-colour", height=32, width=32, channels=3, normalize="unit", fit="letterbox"),
+    # grey thumbnails (Fashion-MNIST-like, 28 px)
+    "small-grey": Profile("small-grey", height=28, width=28, normalize="unit"),
 }
+FITS = ("crop", "letterbox")
 
 
 def get_profile(name):
@@ -93,6 +105,20 @@ def _centre_crop_to_aspect(image, height, width):
     return image[start:start + keep, :]
 
 
+def letterbox(image, height, width, fill=128):
+    """Pad the shorter side with mid-grey so the whole image meets the target aspect."""
+    rows, cols = image.shape[:2]
+    target = width / height
+    if cols / rows < target:
+        extra = round(rows * target) - cols
+        borders = (0, 0, extra // 2, extra - extra // 2)
+    else:
+        extra = round(cols / target) - rows
+        borders = (extra // 2, extra - extra // 2, 0, 0)
+    padded = cv2.copyMakeBorder(image, *borders, cv2.BORDER_CONSTANT, value=(fill,) * 4)
+    return padded.reshape(padded.shape[:2] + image.shape[2:])
+
+
 def ink_crop(gray, height, width, margin=0.05):
     """Crop a signature (dark ink on light paper) to its ink and pad it to the target aspect.
 
@@ -108,17 +134,7 @@ def ink_crop(gray, height, width, margin=0.05):
     rows, cols = gray.shape
     x0, y0 = max(0, x - pad), max(0, y - pad)
     x1, y1 = min(cols, x + w + pad), min(rows, y + h + pad)
-    crop = gray[y0:y1, x0:x1]
-    paper = int(np.median(gray))
-    rows, cols = crop.shape
-    target = width / height
-    if cols / rows < target:
-        extra = round(rows * target) - cols
-        crop = cv2.copyMakeBorder(crop, 0, 0, extra // 2, extra - extra // 2, cv2.BORDER_CONSTANT, value=paper)
-    else:
-        extra = round(cols / target) - rows
-        crop = cv2.copyMakeBorder(crop, extra // 2, extra - extra // 2, 0, 0, cv2.BORDER_CONSTANT, value=paper)
-    return crop
+    return letterbox(gray[y0:y1, x0:x1], height, width, fill=int(np.median(gray)))
 
 
 def flatten_paper(gray, stroke=15):
@@ -161,6 +177,8 @@ def preprocess(image, profile):
     if profile.ink_crop:
         gray = clean_ink(image[:, :, 0]) if profile.clean_ink else image[:, :, 0]
         image = ink_crop(gray, profile.height, profile.width)[:, :, None]
+    elif profile.fit == "letterbox":
+        image = letterbox(image, profile.height, profile.width)
     else:
         image = _centre_crop_to_aspect(image, profile.height, profile.width)
     resized = cv2.resize(image, (profile.width, profile.height), interpolation=cv2.INTER_AREA)
