@@ -55,7 +55,7 @@ from calibration.metrics import auc, eer
 from calibration.pairs import pair_comparisons
 from imagesets import LabelledImages, load_dataset
 from training.bundles import default_split, fit_tower
-from training.towers import PRETRAINED, build_tower
+from training.towers import PRETRAINED, build_tower, default_tower
 from training.trainer import TrainConfig
 from verifier.core.acquisition import acquire_dataset, chip_profile
 from verifier.core.embedder import Embedder
@@ -92,7 +92,7 @@ def parse_overrides(items):
 def run_siamese(loss, overrides, data, split, profile, verbose, refit_after=True):
     """Train one loss with its own default recipe (training.trainer), plus any --set overrides,
     then (as `python -m training` does) refit on the training and validation identities together."""
-    config = TrainConfig(**{"loss": loss, **overrides})
+    config = TrainConfig(**{"loss": loss, "tower": default_tower(profile.name), **overrides})
     fitted = fit_tower(config, data, split, profile, validation=data.subset(split.validation),
                        refit_after=refit_after, verbose=verbose)
     result = fitted.training

@@ -24,11 +24,6 @@ the stages from one on, for partial fine-tuning.
 """
 
 import json
-import os
-import shutil
-import subprocess
-import tarfile
-import tempfile
 from pathlib import Path
 
 import keras
@@ -36,8 +31,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from verifier.core.errors import VerifierError
-from verifier.core.files import file_sha256
+from training.npm_weights import CACHE_ROOT, NPM_TIMEOUT_S, NpmFiles, WeightsError, read_tfjs_weights
+from verifier.core.files import file_sha256  # noqa: F401 (tests pin hashes of their own files with it)
 
 PACKAGE_SPEC = "@vladmandic/face-api@1.7.15"
 TARBALL_SHA256 = "0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031"
@@ -48,8 +43,7 @@ FILE_SHA256 = {
     BIN_FILE: "b413e420d6840b2775fba32008db6f3cddb07d485967fb42cfcf379c16a8c589",
 }
 MEMBER_DIR = "package/model/"  # where the two files sit inside the npm tarball
-DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "face-api"
-NPM_TIMEOUT_S = 300
+DEFAULT_CACHE_DIR = CACHE_ROOT / "face-api"
 
 INPUT_SHAPE = (150, 150, 3)
 MEAN_RGB = (122.782, 117.001, 104.298)
@@ -63,10 +57,6 @@ STAGES = ("conv32_down", "conv32_1", "conv32_2", "conv32_3",
 RESIDUAL_STAGES = STAGES[1:-1]
 DOWN_STAGES = ("conv64_down", "conv128_down", "conv256_down", "conv256_down_out")
 
-# bytes per stored value, and how to turn the stored array into float32
-_QUANTIZED_DTYPES = {"uint8": np.uint8, "uint16": np.uint16, "float16": np.float16}
-
-
 def provenance():
     """Where the weights came from and under which terms, for bundle.json's recipe."""
     return {"network": "dlib_face_recognition_resnet_model_v1 (Davis King; public domain), 128-d",
@@ -74,14 +64,6 @@ def provenance():
             "package": PACKAGE_SPEC, "package_licence": "MIT", "tarball_sha256": TARBALL_SHA256,
             "files": dict(FILE_SHA256), "fetched_with": f"npm pack {PACKAGE_SPEC}"}
 
-
-class WeightsError(VerifierError):
-    """The face-api weights cannot be fetched, verified or read."""
-
-    code = "weights_error"
-
-
-# ---------------------------------------------------------------- layout of the weights
 
 def _width(stage):
     """Channels of a stage, from its name: conv128_1 -> 128."""
@@ -118,99 +100,10 @@ def check_layout(weights):
                                f"expected {shape}")
 
 
-# ---------------------------------------------------------------- fetching and reading
-
-def _check_sha256(path, expected, what):
-    """Raise WeightsError naming the file, the expected and the actual hash on a mismatch."""
-    got = file_sha256(path)
-    if got != expected:
-        raise WeightsError(f"checksum mismatch for {what}: expected sha256 {expected}, got {got}")
-
-
-def _is_cached(path, expected):
-    """True when the file exists and has the pinned hash."""
-    return path.is_file() and file_sha256(path) == expected
-
-
 def fetch_face_api(cache_dir=DEFAULT_CACHE_DIR, timeout=NPM_TIMEOUT_S):
     """(manifest path, bin path) in cache_dir, from `npm pack` unless already cached and intact."""
-    cache = Path(cache_dir)
-    paths = {name: cache / name for name in FILE_SHA256}
-    if all(_is_cached(path, FILE_SHA256[name]) for name, path in paths.items()):
-        return paths[MANIFEST_FILE], paths[BIN_FILE]
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        tarball = _npm_pack(Path(tmp), timeout)
-        _check_sha256(tarball, TARBALL_SHA256, f"{PACKAGE_SPEC} tarball {tarball.name}")
-        for name, path in paths.items():
-            _extract_member(tarball, name, path)
+    paths = NpmFiles(PACKAGE_SPEC, TARBALL_SHA256, MEMBER_DIR, FILE_SHA256).fetch(cache_dir, timeout)
     return paths[MANIFEST_FILE], paths[BIN_FILE]
-
-
-def _npm_pack(workdir, timeout):
-    """Download the package tarball into workdir with `npm pack`; its path."""
-    npm = shutil.which("npm")
-    if npm is None:
-        raise WeightsError(f"npm is not installed (needed to fetch {PACKAGE_SPEC}): "
-                           "install it with `apt-get install npm`")
-    try:
-        done = subprocess.run([npm, "pack", PACKAGE_SPEC, "--silent"], cwd=workdir,
-                              capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise WeightsError(f"`npm pack {PACKAGE_SPEC}` did not finish within {timeout} s") from None
-    if done.returncode != 0:
-        raise WeightsError(f"`npm pack {PACKAGE_SPEC}` failed (exit {done.returncode}): "
-                           f"{done.stderr.strip()[-500:]}")
-    tarballs = sorted(workdir.glob("*.tgz"))
-    if len(tarballs) != 1:
-        raise WeightsError(f"`npm pack {PACKAGE_SPEC}` left {len(tarballs)} tarballs, expected 1")
-    return tarballs[0]
-
-
-def _extract_member(tarball, name, dest):
-    """Copy package/model/<name> out of the tarball to dest, checked against its pinned hash.
-
-    Only the member's bytes are read (never its path or a link), so a crafted archive cannot
-    write outside dest; the copy goes to a .part file renamed into place once it checks out.
-    """
-    member_name = MEMBER_DIR + name
-    part = dest.with_name(dest.name + ".part")
-    with tarfile.open(tarball, "r:gz") as tar:
-        try:
-            member = tar.getmember(member_name)
-        except KeyError:
-            raise WeightsError(f"{tarball.name} has no {member_name}") from None
-        if not member.isfile():
-            raise WeightsError(f"{tarball.name}: {member_name} is not a regular file")
-        with tar.extractfile(member) as source, open(part, "wb") as target:
-            shutil.copyfileobj(source, target)
-    try:
-        _check_sha256(part, FILE_SHA256[name], f"{member_name} from {tarball.name}")
-    except WeightsError:
-        part.unlink()
-        raise
-    os.replace(part, dest)
-
-
-def _entry_dtype(entry):
-    """(stored numpy dtype, quantization dict or None) of one manifest entry."""
-    name, dtype, quant = entry.get("name"), entry.get("dtype"), entry.get("quantization")
-    if dtype != "float32":
-        raise WeightsError(f"face-api weights: {name} has unknown dtype {dtype!r}")
-    if quant is None:
-        return np.dtype("<f4"), None
-    stored = _QUANTIZED_DTYPES.get(quant.get("dtype"))
-    if stored is None:
-        raise WeightsError(f"face-api weights: {name} has unknown quantization dtype "
-                           f"{quant.get('dtype')!r}")
-    return np.dtype(stored).newbyteorder("<"), quant
-
-
-def _dequantize(raw, quant):
-    """Stored values -> float32: q * scale + min for integers (in float64, as tfjs does)."""
-    if quant is None or raw.dtype.kind == "f":
-        return raw.astype(np.float32)
-    return (raw.astype(np.float64) * quant["scale"] + quant["min"]).astype(np.float32)
 
 
 def _manifest_entries(manifest_path):
@@ -233,20 +126,7 @@ def read_weights(manifest_path, bin_path):
         data = Path(bin_path).read_bytes()
     except OSError as exc:
         raise WeightsError(f"cannot read weights file {bin_path}: {exc}") from None
-    layout = []
-    offset = 0
-    for entry in entries:
-        dtype, quant = _entry_dtype(entry)
-        shape = tuple(int(n) for n in entry["shape"])
-        layout.append((entry["name"], shape, dtype, quant, offset))
-        offset += int(np.prod(shape)) * dtype.itemsize
-    if offset != len(data):
-        state = "truncated" if len(data) < offset else "oversized"
-        raise WeightsError(f"weights file {bin_path} is {state}: {len(data)} bytes, "
-                           f"the manifest describes {offset}")
-    return {name: _dequantize(np.frombuffer(data, dtype, int(np.prod(shape)), start), quant)
-                  .reshape(shape)
-            for name, shape, dtype, quant, start in layout}
+    return read_tfjs_weights(entries, data, "face-api", bin_path)
 
 
 # ---------------------------------------------------------------- the Keras model

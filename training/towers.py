@@ -5,6 +5,10 @@
                        dropout; trains on 2 CPU cores in minutes (the default)
     mobilenetv3small   keras.applications.MobileNetV3Small, weights=None, adapted to the
                        profile's channels (a larger option)
+    imagenet-mobilenetv2
+                       MobileNetV2's ImageNet weights (training.imagenet_mobilenet), frozen,
+                       read at four depths, beside a soft colour histogram; a learnt head
+                       (products and other photos; `--trainable-stages` opens the last blocks)
     face-resnet        dlib's pretrained face ResNet (training.face_resnet) on the face
                        profile's aligned 150x150 RGB chips, with a projection head that
                        starts as the identity; fine-tuned from there (or used as it is)
@@ -19,8 +23,17 @@ from keras import layers
 
 from verifier.core.layers import safe_unit_normalization
 
-TOWERS = ("small", "ink", "gradients", "mobilenetv3small", "face-resnet")
+TOWERS = ("small", "ink", "gradients", "mobilenetv3small", "imagenet-mobilenetv2", "face-resnet")
 PRETRAINED = {"face-resnet": 128}  # pretrained tower -> its embedding size
+# the tower each profile trains by default: pretrained where weights for the kind of image exist,
+# and for signatures a fixed oriented-gradient front end with a learnt head (README, Signatures)
+DEFAULT_TOWER = {"face": "face-resnet", "face-chip": "face-resnet", "signature": "gradients",
+                 "product": "imagenet-mobilenetv2", "product-grey": "imagenet-mobilenetv2"}
+
+
+def default_tower(profile_name):
+    """The tower a profile trains unless told otherwise (`small` for the rest)."""
+    return DEFAULT_TOWER.get(profile_name, "small")
 
 
 def _conv_bn(x, filters, name, strides=1):
@@ -120,6 +133,33 @@ def mobilenetv3small(input_shape, embedding_size, dropout=0.2):
     return keras.Model(inputs, outputs, name="mobilenetv3small_tower")
 
 
+def imagenet_mobilenetv2(input_shape, embedding_size, trainable_stages=0, dropout=0.2, colour_bins=4):
+    """Spatial averages of four depths of the pretrained MobileNetV2 and a soft colour
+    histogram, each L2-normalised, then a learnt Dense projection.
+
+    Off the shelf no single depth beats a plain colour histogram on unseen grocery products,
+    while the depths and the histogram together, with a metric learnt on other products, did
+    (README, Products). Greyscale input is replicated to three channels for the backbone.
+    """
+    from training.imagenet_mobilenet import (build_backbone, fetch, read_weights, set_trainable_blocks,
+                                             soft_colour_histogram)
+
+    channels = input_shape[-1]
+    inputs = keras.Input(input_shape, name="image")  # [0, 1] (a "unit" profile)
+    rgb = inputs if channels == 3 else layers.Concatenate(name="grey_to_rgb")([inputs] * 3)
+    backbone = build_backbone(read_weights(*fetch()), tuple(input_shape[:2]) + (3,))
+    set_trainable_blocks(backbone, trainable_stages)
+    taps = backbone(layers.Rescaling(2.0, offset=-1.0, name="to_signed")(rgb))
+    pooled = [safe_unit_normalization(name=f"tap{i}_norm")(layers.GlobalAveragePooling2D(name=f"tap{i}_avg")(tap))
+              for i, tap in enumerate(taps)]
+    colour = soft_colour_histogram(inputs, colour_bins if channels == 3 else 16)
+    x = layers.Concatenate(name="features")(pooled + [safe_unit_normalization(name="colour_norm")(colour)])
+    x = layers.Dropout(dropout, name="dropout")(x)
+    x = layers.Dense(embedding_size, name="embedding")(x)
+    outputs = safe_unit_normalization(name="l2")(x)
+    return keras.Model(inputs, outputs, name="imagenet_mobilenetv2_tower")
+
+
 def face_resnet(input_shape, embedding_size, trainable_stages=0):
     """The pretrained face ResNet, then a Dense projection initialised to the identity and an
     L2 normalisation: untrained, it is the pretrained descriptor (unit length).
@@ -154,6 +194,8 @@ def build_tower(name, input_shape, embedding_size, dropout=0.3, trainable_stages
         return gradient_tower(input_shape, embedding_size, dropout=dropout)
     if name == "mobilenetv3small":
         return mobilenetv3small(input_shape, embedding_size, dropout=dropout)
+    if name == "imagenet-mobilenetv2":
+        return imagenet_mobilenetv2(input_shape, embedding_size, trainable_stages, dropout=dropout)
     if name == "face-resnet":
         return face_resnet(input_shape, embedding_size, trainable_stages)
     raise ValueError(f"unknown tower {name!r}; known: {', '.join(TOWERS)}")
