@@ -50,7 +50,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from bench import dlib_face
-from bench.baselines import ALIASES, BASELINES
+from training.baselines import ALIASES, BASELINES
 from calibration.metrics import auc, eer
 from calibration.pairs import pair_comparisons
 from imagesets import LabelledImages, load_dataset

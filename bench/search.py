@@ -9,7 +9,7 @@ query itself left out), ranked by the distance the search reports (a 1:1 pair di
 as `Gallery.nearest_templates` rescores). Printed: recall@1 and recall@5 (share of queries with
 an image of their class among the first 1 or 5) and mAP@R (Musgrave et al. 2020: R = the other
 images of the query's class, average precision over the first R). The same figures for a
-raw-pixel baseline (`bench.baselines.raw_pixels`: cosine distance between the pixels of the
+raw-pixel baseline (`training.baselines.raw_pixels`: cosine distance between the pixels of the
 profile bench/accuracy.py gives the data, `face-small` for a plain folder) come in the same
 run, so a bundle's figures have a reference. `--per-class N` (default 50) keeps a seeded sample
 of at most N images a class. A bundle whose profile detects faces drops images without one
@@ -124,7 +124,7 @@ def embed_bundle(scorer, images, no_detect):
 
 def quality(spec, bundle, args):
     """The bundle's and the raw-pixel baseline's search figures on one data set's held-out classes."""
-    from bench.baselines import raw_pixels
+    from training.baselines import raw_pixels
     from imagesets import load_dataset
     from verifier.core.profiles import get_profile, preprocess_batch
     from verifier.core.scorer import Scorer

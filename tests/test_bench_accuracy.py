@@ -1,4 +1,4 @@
-"""bench/accuracy.py's signature protocol, fold layout and sampling; the classical baselines (bench/baselines.py)."""
+"""bench/accuracy.py's signature protocol, fold layout and sampling; the classical baselines (training/baselines.py)."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 
 from bench import accuracy
 from bench.accuracy import evaluate, fold_layout, held_out, sample_per_class
-from bench.baselines import ALIASES, BASELINES, UNIFORM_LBP, colour_histogram, hog, lbp
+from training.baselines import ALIASES, BASELINES, UNIFORM_LBP, colour_histogram, hog, lbp
 from imagesets import LabelledImages
 from tests.synthetic import write_folder
 

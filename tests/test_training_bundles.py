@@ -65,6 +65,8 @@ def test_the_cli_is_train_bundle_with_its_arguments(trained, folder, tmp_path, c
                  "--out", str(out)] + CLI_SETTINGS) == 0
     printed = capsys.readouterr().out
     assert f"wrote bundle {load_bundle(out).bundle_id} to {out}" in printed
+    assert "validation identities: this recipe" in printed and "raw pixels" in printed
+    assert set(result.recipe["validation_baselines"]) == {"raw-pixels", "pca"}  # grey: no colour histogram
     cli = load_bundle(out)
     for a, b in zip(cli.model.get_weights(), load_bundle(result.path).model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)

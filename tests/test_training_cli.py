@@ -236,3 +236,16 @@ def test_each_loss_gets_its_own_measured_defaults_unless_told():
         "none", 10, 0.2, "batch-all", 64)
     told = TrainConfig(loss="triplet", augment="robust", epochs=3, margin=0.5, embedding_size=32)
     assert (told.augment, told.epochs, told.margin, told.embedding_size) == ("robust", 3, 0.5, 32)
+
+
+def test_the_end_of_training_compares_the_recipe_with_the_baselines():
+    from training.cli import compared_with_baselines
+
+    ahead = {"best_validation_eer": 0.1, "validation_baselines": {"raw-pixels": 0.3, "pca": 0.25}}
+    assert compared_with_baselines(ahead) == \
+        "validation identities: this recipe 10.00% EER against raw pixels 30.00%, PCA 25.00%"
+    behind = {"best_validation_eer": 0.35, "validation_baselines": {"raw-pixels": 0.285, "pca": 0.26,
+                                                                     "colour-hist": 0.3}}
+    assert compared_with_baselines(behind).splitlines()[1].startswith(
+        "warning: on its own validation identities this recipe is no better than PCA")
+    assert compared_with_baselines({"best_validation_eer": None, "validation_baselines": {}}) is None

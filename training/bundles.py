@@ -6,12 +6,15 @@ bench/accuracy.py, so the benchmark measures the recipe the command line ships.
 """
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from calibration.metrics import eer
+from calibration.pairs import pair_comparisons
 from training import face_resnet, imagenet_mobilenet
+from training.baselines import ALIASES, BASELINES
 from training.splits import default_holdout, default_validation, split_identities
 from training.trainer import refit, train
 from verifier.core.acquisition import acquire_dataset, chip_profile
@@ -91,6 +94,7 @@ class Fitted:
     training: object  # trainer.TrainResult
     final: object
     refit_identities: list | None  # None: no refit
+    baselines: dict = field(default_factory=dict)  # baseline name -> EER on the validation identities
 
     @property
     def seconds(self):
@@ -106,13 +110,16 @@ def fit_tower(config, data, split, profile, *, validation=None, refit_after=True
     `profile` preprocesses the images as they are (chips: `chip_profile`).
     """
     images, labels = training_images(data.subset(split.train), config.forgery_classes)
+    inputs = preprocess_batch(images, profile)
     val = {} if validation is None else dict(val_images=preprocess_batch(validation.images, profile),
                                              val_labels=validation.labels, val_forged=validation.forged)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-    result = train(config, preprocess_batch(images, profile), labels, profile, metric=metric,
+    result = train(config, inputs, labels, profile, metric=metric,
                    checkpoint_dir=checkpoint_dir, resume=resume, identity=identity, verbose=verbose, **val)
+    baselines = validation_baselines(inputs, labels, val) if val else {}
+    del inputs
     if not (refit_after and result.best_validation_eer is not None):
-        return Fitted(result, result, None)
+        return Fitted(result, result, None, baselines)
     names = split.train + split.validation
     images, labels = training_images(data.subset(names), config.forgery_classes)
     log(f"refit: training again on all {len(names)} training and validation identities for the "
@@ -121,7 +128,20 @@ def fit_tower(config, data, split, profile, *, validation=None, refit_after=True
     final = refit(config, result, preprocess_batch(images, profile), labels, profile,
                   checkpoint_dir=checkpoint_dir / f"refit-{result.best_epoch}" if checkpoint_dir else None,
                   resume=resume, identity=identity and {**identity, "refit": True}, verbose=verbose)
-    return Fitted(result, final, names)
+    return Fitted(result, final, names, baselines)
+
+
+def validation_baselines(train_inputs, train_labels, val):
+    """EER of the classical baselines that fit this kind of image on the validation identities,
+    fitted on the training images (what the model's own validation EER must beat)."""
+    names = ["raw-pixels", "pca"] + (["colour-hist"] if train_inputs.shape[-1] == 3 else [])
+    return {name: eer(*_pairs(BASELINES[ALIASES.get(name, name)](train_inputs, train_labels, val["val_images"]), val)).value
+            for name in names}
+
+
+def _pairs(embeddings, val):
+    pairs = pair_comparisons(embeddings, val["val_labels"], val["val_forged"], "cosine")
+    return pairs.genuine, pairs.impostor
 
 
 def bundle_recipe(config, fitted, data, split, profile, spec=None, profile_reason=None):
@@ -138,7 +158,8 @@ def bundle_recipe(config, fitted, data, split, profile, spec=None, profile_reaso
         holdout_identities=split.holdout, best_validation_eer=result.best_validation_eer,
         best_epoch=result.best_epoch, refit=refitted, training_seconds=round(fitted.seconds, 1),
         flip_tta=final.model is not final.tower, hyperparameters=config.to_dict(),
-        history=result.history, profile_reason=profile_reason or data.profile_reason)
+        history=result.history, profile_reason=profile_reason or data.profile_reason,
+        validation_baselines=fitted.baselines)
     if config.tower in PROVENANCE:
         recipe["pretrained"] = PROVENANCE[config.tower]()
     if profile.detector:

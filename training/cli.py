@@ -145,6 +145,24 @@ def _wrote(trained):
             f"{recipe['best_epoch']}{how}, {trained.fitted.seconds:.0f} s)")
 
 
+BASELINE_NAMES = {"raw-pixels": "raw pixels", "pca": "PCA", "colour-hist": "a colour histogram"}
+
+
+def compared_with_baselines(recipe):
+    """A line setting the early-stopped model's validation EER beside the baselines' on the same
+    identities, saying so plainly when the recipe does not beat them; None without validation."""
+    model, baselines = recipe["best_validation_eer"], recipe["validation_baselines"]
+    if model is None or not baselines:
+        return None
+    figures = ", ".join(f"{BASELINE_NAMES[name]} {100 * value:.2f}%" for name, value in baselines.items())
+    best = min(baselines, key=baselines.get)
+    line = (f"validation identities: this recipe {100 * model:.2f}% EER against {figures}")
+    if model >= baselines[best]:
+        return (line + f"\nwarning: on its own validation identities this recipe is no better than "
+                f"{BASELINE_NAMES[best]}; try another --profile, --tower or --loss, or more identities")
+    return line
+
+
 def run(args):
     data = _load(args.data, args.strict)
     profile = get_profile(args.profile or data.profile)
@@ -159,6 +177,9 @@ def run(args):
                            refit_after=args.refit, spec=args.data, checkpoint_dir=args.checkpoint_dir,
                            resume=args.resume, verbose=not args.quiet, log=print,
                            profile_reason=reason)
+    comparison = compared_with_baselines(trained.recipe)
+    if comparison:
+        print(comparison)
     print(_wrote(trained))
     return 0
 
