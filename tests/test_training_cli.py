@@ -249,3 +249,16 @@ def test_the_end_of_training_compares_the_recipe_with_the_baselines():
     assert compared_with_baselines(behind).splitlines()[1].startswith(
         "warning: on its own validation identities this recipe is no better than PCA")
     assert compared_with_baselines({"best_validation_eer": None, "validation_baselines": {}}) is None
+
+
+def test_with_no_profile_the_cli_prints_the_one_it_chose_and_records_why(faces, tmp_path, capsys):
+    out = tmp_path / "b"
+    fast = [a for a in FAST if a not in ("--profile", "face-small")]
+    assert main(["--data", str(faces), "--holdout-identities", "0", "--validation-identities", "2",
+                 "--epochs", "1", "--no-refit", "--out", str(out)] + fast) == 0
+    printed = capsys.readouterr().out
+    reason = "greyscale images, median short side 46 px: thumbnails, kept at their size (small-grey)"
+    assert f"profile: small-grey ({reason})" in printed
+    bundle = load_bundle(out)
+    assert bundle.profile.name == "small-grey" and bundle.meta["recipe"]["profile_reason"] == reason
+    assert bundle.meta["recipe"]["tower"] == "small"
