@@ -132,3 +132,20 @@ def signature_scorer(signature_bundle):
     from verifier.core.scorer import Scorer
 
     return Scorer.from_bundle(signature_bundle, backend="tf.function")
+
+
+@pytest.fixture
+def app(database_url, fusion_bundle, scorer):
+    """The service on a fresh store of each backend, sharing the session's loaded face scorer."""
+    from verifier.web.app import create_app
+    from verifier.web.extensions import enrollment, scorer_holder
+
+    app = create_app({"VERIFIER_BUNDLE": str(fusion_bundle), "DATABASE_URL": database_url, "TESTING": True})
+    scorer_holder(app).scorer = scorer
+    yield app
+    enrollment(app).close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

@@ -127,11 +127,6 @@ def app(database_url, fusion_bundle, signature_bundle, scorer, signature_scorer)
     enrollment(app).close()
 
 
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
 @pytest.fixture(scope="module")
 def signatures():
     """{writer: [uint8 HxW images]}: 3 synthetic writers x 4 signatures."""

@@ -12,21 +12,6 @@ from verifier.core.distances import pair_distances
 from verifier.enrollment.gallery import Gallery
 from verifier.enrollment.keys import create_key
 from verifier.enrollment.store import open_store
-from verifier.web.app import create_app
-from verifier.web.extensions import enrollment, scorer_holder
-
-
-@pytest.fixture
-def app(database_url, fusion_bundle, scorer):
-    app = create_app({"VERIFIER_BUNDLE": str(fusion_bundle), "DATABASE_URL": database_url, "TESTING": True})
-    scorer_holder(app).scorer = scorer
-    yield app
-    enrollment(app).close()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 def png(image):

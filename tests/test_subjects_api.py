@@ -16,19 +16,6 @@ from verifier.web.extensions import enrollment, scorer_holder
 BLANK = np.full((56, 46), 200, np.uint8)
 
 
-@pytest.fixture
-def app(database_url, fusion_bundle, scorer):
-    app = create_app({"VERIFIER_BUNDLE": str(fusion_bundle), "DATABASE_URL": database_url, "TESTING": True})
-    scorer_holder(app).scorer = scorer  # share the session's loaded scorer
-    yield app
-    enrollment(app).close()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
 def png(image):
     return png_bytes(image[:, :, 0] if image.ndim == 3 else image)
 
