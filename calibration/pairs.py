@@ -90,8 +90,18 @@ def pair_comparisons(embeddings, labels, forged, metric, *, max_impostors=None, 
     second = np.concatenate([b[same], imp_b, np.array(forge_b, dtype=np.int64)])
     label = np.concatenate([np.ones(same.sum(), np.int8), np.zeros(len(imp_a) + len(forge_a), np.int8)])
     forgery = np.concatenate([np.zeros(same.sum() + len(imp_a), bool), np.ones(len(forge_a), bool)])
-    distance = pair_distances(embeddings[first], embeddings[second], metric)
+    distance = chunked_pair_distances(embeddings, first, second, metric)
     return Comparisons(distance, label, labels[first], labels[second], forgery, available + len(forge_a))
+
+
+def chunked_pair_distances(embeddings, first, second, metric, budget=1 << 24):
+    """pair_distances of rows first[i] and second[i], a chunk at a time: the rows gathered at once
+    hold at most `budget` values, so raw-pixel vectors of photos do not need memory per pair."""
+    embeddings = np.asarray(embeddings)
+    width = int(np.prod(embeddings.shape[1:])) or 1
+    step = max(1, budget // width)
+    return np.concatenate([pair_distances(embeddings[first[k:k + step]], embeddings[second[k:k + step]], metric)
+                           for k in range(0, len(first), step)] or [np.zeros(0)])
 
 
 def enrollment_split(labels, forged, k, seed=0):

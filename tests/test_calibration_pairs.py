@@ -75,3 +75,15 @@ def test_with_impostors_keeps_the_genuine_and_one_kind_of_impostor():
     assert pairs.with_impostors("all") is pairs
     with pytest.raises(ValueError, match="known"):
         pairs.with_impostors("traced")
+
+
+def test_distances_are_computed_a_chunk_at_a_time_with_the_same_result():
+    from calibration.pairs import chunked_pair_distances
+    from verifier.core.distances import pair_distances
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 5, 4))  # like raw pixels: rows are flattened by the metric
+    first, second = rng.integers(0, 30, 101), rng.integers(0, 30, 101)
+    whole = pair_distances(x[first].reshape(101, -1), x[second].reshape(101, -1), "cosine")
+    np.testing.assert_allclose(chunked_pair_distances(x.reshape(30, -1), first, second, "cosine", budget=60), whole)
+    assert chunked_pair_distances(x.reshape(30, -1), first[:0], second[:0], "cosine").shape == (0,)
