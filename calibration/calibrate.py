@@ -248,7 +248,8 @@ def calibrate_bundle(bundle, data, policy, *, spec=None, confidence=DEFAULT_CONF
     labels, forged, parts = _rows_by_split(held, rows, dev_names, eval_names)
     _preflight(labels, forged, parts, policy, protocol, settings.impostors)
     emb, acquired = _embed(bundle, meta, [held.images[i] for i in rows], log)
-    failure_to_acquire = _failure_to_acquire(acquired, parts)
+    # only a profile that detects something can fail to acquire (faces: no face found)
+    failure_to_acquire = _failure_to_acquire(acquired, parts) if meta["profile"].get("detector") else None
     labels, forged, parts = _rows_by_split(held, rows[acquired], dev_names, eval_names)
     _preflight(labels, forged, parts, policy, protocol, settings.impostors)
     metric = meta["metric"]

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from verifier.core.profiles import get_profile
+
 SAMPLE = 12  # images looked at, spread over the identities
 SMALL_SIDE = 48  # px: a median short side at most this is a thumbnail (CIFAR, Fashion-MNIST)
 COLOUR_SPREAD = 6.0  # mean |R - G| + |G - B| above which an image is in colour, not grey in RGB
@@ -45,7 +47,6 @@ def is_colour(image):
 def count_faces(images):
     """How many of the images the face profile's detector finds a face in."""
     from verifier.core.acquisition import find_face
-    from verifier.core.profiles import get_profile
 
     profile = get_profile("face")
     return sum(find_face(image, profile)[1] is not None for image in images)
@@ -59,7 +60,8 @@ def choose_profile(images, labels, *, detect_faces=True):
     looks = f"{'colour' if colour else 'greyscale'} images, median short side {side} px"
     if side <= SMALL_SIDE:
         name = "small-colour" if colour else "small-grey"
-        return ProfileChoice(name, f"{looks}: thumbnails, kept at their size ({name})")
+        profile = get_profile(name)
+        return ProfileChoice(name, f"{looks}: thumbnails, resized to {profile.height}x{profile.width} ({name})")
     if detect_faces:
         faces = count_faces(sample)
         if faces >= FACE_SHARE * len(sample):

@@ -257,7 +257,7 @@ def test_with_no_profile_the_cli_prints_the_one_it_chose_and_records_why(faces, 
     assert main(["--data", str(faces), "--holdout-identities", "0", "--validation-identities", "2",
                  "--epochs", "1", "--no-refit", "--out", str(out)] + fast) == 0
     printed = capsys.readouterr().out
-    reason = "greyscale images, median short side 46 px: thumbnails, kept at their size (small-grey)"
+    reason = "greyscale images, median short side 46 px: thumbnails, resized to 28x28 (small-grey)"
     assert f"profile: small-grey ({reason})" in printed
     bundle = load_bundle(out)
     assert bundle.profile.name == "small-grey" and bundle.meta["recipe"]["profile_reason"] == reason

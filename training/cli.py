@@ -71,8 +71,8 @@ def build_parser():
                             "(never done for profiles that forbid flips)")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=None,
-                     help="default: 20 for cosface, 10 for the other losses; pretrained towers: "
-                          f"{PRETRAINED_EPOCHS}, and 0 writes a bundle of the tower as it is")
+                     help="default: 20 for cosface, 10 for the other losses, 6 for imagenet-mobilenetv2; "
+                          f"face-resnet: {PRETRAINED_EPOCHS}, and 0 writes a bundle of the tower as it is")
     opt.add_argument("--steps-per-epoch", type=int, default=DEFAULTS.steps_per_epoch)
     opt.add_argument("--batch-p", type=int, default=DEFAULTS.batch_p, help="identities per batch")
     opt.add_argument("--batch-k", type=int, default=DEFAULTS.batch_k, help="images per identity per batch")
@@ -141,8 +141,8 @@ def _wrote(trained):
     recipe = trained.recipe
     best = "n/a" if recipe["best_validation_eer"] is None else f"{100 * recipe['best_validation_eer']:.2f}%"
     how = f", refit on {len(recipe['refit']['identities'])} identities" if recipe["refit"] else ""
-    return (f"wrote bundle {trained.bundle_id} to {trained.path} (best validation EER {best} at epoch "
-            f"{recipe['best_epoch']}{how}, {trained.fitted.seconds:.0f} s)")
+    return (f"wrote bundle {trained.bundle_id} to {trained.path} (validation EER {best} at epoch "
+            f"{recipe['best_epoch']}, the best of the schedule's second half{how}, {trained.fitted.seconds:.0f} s)")
 
 
 BASELINE_NAMES = {"raw-pixels": "raw pixels", "pca": "PCA", "colour-hist": "a colour histogram"}

@@ -67,8 +67,9 @@ PROFILES = {
     "product-grey": Profile("product-grey", height=96, width=96, normalize="unit", fit="letterbox"),
     # thumbnails (CIFAR-like, about 32 px): kept at their own size
     "small-colour": Profile("small-colour", height=32, width=32, channels=3, normalize="unit", fit="letterbox"),
-    # grey thumbnails (Fashion-MNIST-like, 28 px)
-    "small-grey": Profile("small-grey", height=28, width=28, normalize="unit"),
+    # grey thumbnails (Fashion-MNIST-like, 28 px); not mirrored: grey thumbnails are as often
+    # symbols or characters, which a mirror makes into others
+    "small-grey": Profile("small-grey", height=28, width=28, normalize="unit", allow_flip=False),
 }
 FITS = ("crop", "letterbox")
 
