@@ -303,17 +303,19 @@ def start_state(config, identity, tower, optimizer, extra, checkpoint, resume):
 
 def run_epoch(config, epoch, train_step, batches, validate, verbose):
     """One epoch's optimizer steps on `batches`, then the validation EER (when `validate` is
-    given), shown on a progress bar; returns the epoch's history record."""
-    bar = keras.utils.Progbar(config.steps_per_epoch, stateful_metrics=["val_eer"], verbose=1 if verbose else 0)
+    given), shown on a progress bar with the epoch's running mean loss (the number the history
+    keeps); returns the epoch's history record."""
+    bar = keras.utils.Progbar(config.steps_per_epoch, stateful_metrics=["loss", "val_eer"],
+                              verbose=1 if verbose else 0)
     if verbose:
         print(f"Epoch {epoch}/{config.epochs}")
     seen = []
     for i, (x, y) in enumerate(batches):
         seen.append(float(train_step(x, y)))
         if i + 1 < config.steps_per_epoch:  # the last update also carries the validation EER
-            bar.update(i + 1, [("loss", seen[-1])])
+            bar.update(i + 1, [("loss", float(np.mean(seen)))])
     record = {"epoch": epoch, "loss": float(np.mean(seen))}
-    shown = [("loss", seen[-1])]
+    shown = [("loss", record["loss"])]
     if validate is not None:
         record["val_eer"] = validate()
         shown.append(("val_eer", record["val_eer"]))
