@@ -21,6 +21,7 @@ from training.face_resnet import (BIN_FILE, MANIFEST_FILE, STAGES, WeightsError,
                                   fetch_face_api, read_weights, reference_forward, set_trainable_from,
                                   stage_of, weight_specs)
 from verifier.core.errors import VerifierError
+from verifier.core.files import file_sha256
 
 RELATIVE_TOLERANCE = 1e-5
 # filter values per conv layer in face-api's extractParams.ts (a residualDown's conv1 has half)
@@ -231,8 +232,8 @@ def _tarball(path, files, link=None):
 def pinned_to_synthetic(synthetic, monkeypatch):
     """Pin FILE_SHA256 to the synthetic files, as if they were the published ones."""
     manifest, bin_path, _ = synthetic
-    monkeypatch.setattr(fr, "FILE_SHA256", {MANIFEST_FILE: fr.file_sha256(manifest),
-                                            BIN_FILE: fr.file_sha256(bin_path)})
+    monkeypatch.setattr(fr, "FILE_SHA256", {MANIFEST_FILE: file_sha256(manifest),
+                                            BIN_FILE: file_sha256(bin_path)})
     return manifest, bin_path
 
 
@@ -256,7 +257,7 @@ def test_fetch_extracts_the_two_members(pinned_to_synthetic, tmp_path, monkeypat
     tarball = _tarball(tmp_path / "fake.tgz", pinned_to_synthetic)
     bindir = _fake_npm(tmp_path / "bin", tarball)
     monkeypatch.setenv("PATH", str(bindir))
-    monkeypatch.setattr(fr, "TARBALL_SHA256", fr.file_sha256(tarball))
+    monkeypatch.setattr(fr, "TARBALL_SHA256", file_sha256(tarball))
     cache = tmp_path / "cache"
     manifest, bin_path = fetch_face_api(cache)
     assert (bindir / "argv").read_text() == f"pack {fr.PACKAGE_SPEC} --silent"
@@ -269,7 +270,7 @@ def test_fetch_refuses_a_tarball_with_the_wrong_checksum(synthetic, tmp_path, mo
     tarball = _tarball(tmp_path / "fake.tgz", synthetic[:2])
     monkeypatch.setenv("PATH", str(_fake_npm(tmp_path / "bin", tarball)))
     message = (f"checksum mismatch for {fr.PACKAGE_SPEC} tarball vladmandic-face-api-1.7.15.tgz: "
-               f"expected sha256 {fr.TARBALL_SHA256}, got {fr.file_sha256(tarball)}")
+               f"expected sha256 {fr.TARBALL_SHA256}, got {file_sha256(tarball)}")
     with pytest.raises(WeightsError, match=message):
         fetch_face_api(tmp_path / "cache")
 
@@ -277,11 +278,11 @@ def test_fetch_refuses_a_tarball_with_the_wrong_checksum(synthetic, tmp_path, mo
 def test_fetch_refuses_a_member_with_the_wrong_checksum(synthetic, tmp_path, monkeypatch):
     tarball = _tarball(tmp_path / "fake.tgz", synthetic[:2])
     monkeypatch.setenv("PATH", str(_fake_npm(tmp_path / "bin", tarball)))
-    monkeypatch.setattr(fr, "TARBALL_SHA256", fr.file_sha256(tarball))
+    monkeypatch.setattr(fr, "TARBALL_SHA256", file_sha256(tarball))
     cache = tmp_path / "cache"
     with pytest.raises(WeightsError, match=f"checksum mismatch for package/model/{MANIFEST_FILE}.*"
                                            f"expected sha256 {fr.FILE_SHA256[MANIFEST_FILE]}, got "
-                                           f"{fr.file_sha256(synthetic[0])}"):
+                                           f"{file_sha256(synthetic[0])}"):
         fetch_face_api(cache)
     assert list(cache.iterdir()) == []
 
@@ -289,7 +290,7 @@ def test_fetch_refuses_a_member_with_the_wrong_checksum(synthetic, tmp_path, mon
 def test_fetch_refuses_a_link_member(pinned_to_synthetic, tmp_path, monkeypatch):
     tarball = _tarball(tmp_path / "fake.tgz", pinned_to_synthetic[:1], link=BIN_FILE)
     monkeypatch.setenv("PATH", str(_fake_npm(tmp_path / "bin", tarball)))
-    monkeypatch.setattr(fr, "TARBALL_SHA256", fr.file_sha256(tarball))
+    monkeypatch.setattr(fr, "TARBALL_SHA256", file_sha256(tarball))
     with pytest.raises(WeightsError, match=f"package/model/{BIN_FILE} is not a regular file"):
         fetch_face_api(tmp_path / "cache")
 
@@ -310,8 +311,8 @@ def _real_dir():
                     reason="real face-api weights not on disk (set FACE_API_DIR or run fetch_face_api())")
 def test_real_weights_agree_with_reference(images):
     manifest, bin_path = _real_dir() / MANIFEST_FILE, _real_dir() / BIN_FILE
-    assert fr.file_sha256(manifest) == fr.FILE_SHA256[MANIFEST_FILE]
-    assert fr.file_sha256(bin_path) == fr.FILE_SHA256[BIN_FILE]
+    assert file_sha256(manifest) == fr.FILE_SHA256[MANIFEST_FILE]
+    assert file_sha256(bin_path) == fr.FILE_SHA256[BIN_FILE]
     weights = read_weights(manifest, bin_path)
     assert list(weights) == [name for name, _ in weight_specs()]
     assert_agrees(build_face_resnet(weights), weights, images)

@@ -32,7 +32,6 @@ import tensorflow as tf
 from keras import layers
 
 from training.npm_weights import CACHE_ROOT, NPM_TIMEOUT_S, NpmFiles, WeightsError, read_tfjs_weights
-from verifier.core.files import file_sha256  # noqa: F401 (tests pin hashes of their own files with it)
 
 PACKAGE_SPEC = "@vladmandic/face-api@1.7.15"
 TARBALL_SHA256 = "0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031"

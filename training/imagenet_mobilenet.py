@@ -99,8 +99,6 @@ def build_backbone(weights, input_shape):
         names = [_stored_name(layer, v) for v in layer.weights]
         missing = [n for n in names if n not in weights]
         if missing:
-            if layer.name.startswith(("Conv_1", "out_relu")):  # the last 1x1 conv: not a tap, not kept
-                continue
             raise WeightsError(f"nsfwjs weights: {missing[0]} is missing")
         layer.set_weights([weights[n] for n in names])
     return keras.Model(base.input, [base.get_layer(tap).output for tap in TAPS], name="mobilenetv2_taps")
