@@ -19,6 +19,10 @@ from verifier.core.decisions import probability_same, rule_of_three
 
 FMR_TARGETS = (1e-2, 1e-3)
 LEVEL = 0.95
+# Fewer identities than this give no interval: with n identities an identity resample can
+# only be one of C(2n - 1, n) multisets, and with 2 every usable one is the full set, so the
+# "interval" would be the estimate itself, which reads as certainty.
+MIN_BOOTSTRAP_IDENTITIES = 4
 CLLR_EPS = 1e-15  # Cllr on probabilities kept this far from 0 and 1, so that it stays finite
 
 
@@ -79,7 +83,7 @@ def _n_identities(comparisons):
 
 
 def _can_bootstrap(comparisons, n_bootstrap):
-    return bool(n_bootstrap) and comparisons.id_a is not None and _n_identities(comparisons) >= 2
+    return bool(n_bootstrap) and comparisons.id_a is not None and _n_identities(comparisons) >= MIN_BOOTSTRAP_IDENTITIES
 
 
 def _interval(comparisons, statistic, n_bootstrap, seed):
@@ -100,8 +104,9 @@ def _bootstrap_note(comparisons, n_bootstrap, seed):
         return {"intervals": None, "reason": "--bootstrap 0"}
     if comparisons.id_a is None:
         return {"intervals": None, "reason": "no identities (id_a, id_b) to resample"}
-    if _n_identities(comparisons) < 2:
-        return {"intervals": None, "reason": "an identity bootstrap needs at least 2 identities"}
+    if _n_identities(comparisons) < MIN_BOOTSTRAP_IDENTITIES:
+        return {"intervals": None, "reason": f"{_n_identities(comparisons)} identities: too few for an identity "
+                                             f"bootstrap (at least {MIN_BOOTSTRAP_IDENTITIES})"}
     ci = bootstrap_ci(comparisons.distance, comparisons.label, comparisons.id_a, comparisons.id_b,
                       lambda g, i: 0.0, n_resamples=n_bootstrap, seed=seed, level=LEVEL)
     return {"intervals": f"{LEVEL:.0%} percentile, identities resampled with replacement", "level": LEVEL,

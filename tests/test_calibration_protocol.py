@@ -11,7 +11,7 @@ from calibration.pairs import Comparisons
 from calibration.policies import parse_policy
 from calibration.protocol import (CalibrationError, held_out_identities, images_per_identity_cap, sample_rows,
                                   split_dev_eval)
-from calibration.report import dumps
+from calibration.report import _split_lines, dumps
 
 
 def _data(names, fingerprint="abc"):
@@ -86,6 +86,20 @@ def test_rule_of_three_beside_a_zero_error_rate():
     dev = _comparisons(np.linspace(0, 1, 50), np.linspace(2, 3, 400))
     metrics = calibrate(dev, None, parse_policy("eer"), n_bootstrap=20)["metrics"]["dev"]
     assert metrics["fmr"]["errors"] == 0 and metrics["fmr"]["rule_of_three"] == pytest.approx(3 / 400)
+
+
+def test_too_few_identities_give_no_interval_and_say_why():
+    rng = np.random.default_rng(0)
+    few = _comparisons(rng.normal(0, 1, 200), rng.normal(2, 1, 400), n_ids=2)
+    metrics = calibrate(few, None, parse_policy("eer"), n_bootstrap=50)["metrics"]["dev"]
+    assert metrics["eer"]["ci"] is None and metrics["fmr"]["ci"] is None
+    assert metrics["bootstrap"] == {"intervals": None,
+                                    "reason": "2 identities: too few for an identity bootstrap (at least 4)"}
+    assert "(no intervals: 2 identities: too few" in "\n".join(_split_lines("dev", metrics))
+    enough = _comparisons(rng.normal(0, 1, 200), rng.normal(2, 1, 400), n_ids=4)
+    metrics = calibrate(enough, None, parse_policy("eer"), n_bootstrap=50)["metrics"]["dev"]
+    low, high = metrics["eer"]["ci"]
+    assert low < high
 
 
 def test_refusals_say_what_is_needed():
