@@ -41,23 +41,25 @@ def folder(tmp_path):
 def test_catalogue_add_then_search(cli, folder):
     code, out, err = cli("catalogue", "add", str(folder))
     assert code == 0, err
-    assert out.startswith("3 items (3 new), 12 images enrolled, 3 skipped")
+    assert out.startswith("3 items (3 new), 12 images enrolled, 0 already in the catalogue, 3 skipped")
     assert "notes.txt: unreadable" in err and "blank.png" in err and "'bad item'" in err
-    code, out, _ = cli("catalogue", "add", str(folder), "--json")  # again: the items exist, images are added
+    code, out, _ = cli("catalogue", "add", str(folder), "--json")  # again: nothing new to add, and no error
     report = json.loads(out)
-    assert code == 0 and report["created"] == 0 and report["enrolled"] == 12
+    assert code == 0 and report["created"] == 0 and report["enrolled"] == 0 and len(report["known"]) == 12
     assert {s["reason"].split(":")[0] for s in report["skipped"]} >= {"unreadable", "item folder 'bad item'"}
     probe = folder / "id01" / "2.png"
+    cv2.imwrite(str(folder / "id01" / "copy.png"), cv2.imread(str(probe)))  # one new file, an image it holds
+    code, out, _ = cli("catalogue", "add", str(folder), "--json")
+    assert code == 0 and str(folder / "id01" / "copy.png") in json.loads(out)["known"]
     code, out, _ = cli("search", str(probe), "-k", "3", "--json")
     body = json.loads(out)
-    assert code == 0 and len(body["results"]) == 3 and body["catalogue"] == {"items": 3, "images": 24}
-    assert [r["subject_id"] for r in body["results"][:2]] == ["id01", "id01"]  # the image, added twice
+    assert code == 0 and len(body["results"]) == 3 and body["catalogue"] == {"items": 3, "images": 12}
+    assert body["results"][0]["subject_id"] == "id01"
     assert body["results"][0]["distance"] == pytest.approx(0, abs=1e-6)
-    second = {i["path"]: i["template_id"] for i in report["images"]}[str(probe)]
-    assert second in {r["template_id"] for r in body["results"][:2]}
+    assert body["results"][1]["distance"] > 1e-3  # stored once
     code, out, _ = cli("search", str(probe))
     lines = out.splitlines()
-    assert code == 0 and lines[0].startswith("10 nearest of 24 images (3 items)") and len(lines) == 11
+    assert code == 0 and lines[0].startswith("10 nearest of 12 images (3 items)") and len(lines) == 11
     assert lines[1].lstrip().startswith("1. id01  template ")
 
 
@@ -86,7 +88,7 @@ def test_catalogue_add_with_nothing_enrollable_is_exit_2(cli, tmp_path):
     (tmp_path / "junk" / "item").mkdir(parents=True)
     (tmp_path / "junk" / "item" / "a.txt").write_text("no")
     code, out, err = cli("catalogue", "add", str(tmp_path / "junk"))
-    assert code == 2 and "0 images enrolled, 1 skipped" in out and "no image of" in err
+    assert code == 2 and "0 images enrolled, 0 already in the catalogue, 1 skipped" in out and "no image of" in err
 
 
 def test_modality_option_names_the_bundle(cli, folder):

@@ -6,7 +6,8 @@
 The catalogue is the enrollment store: FOLDER/<item>/<images> makes each item folder a
 subject (created if absent, of the bundle's modality) and enrolls its images as templates,
 one `EnrollmentService.enroll` per item. Files that do not decode, images failing the quality
-check and (face bundles) images without a face are skipped and listed with their reason; an
+check and (face bundles) images without a face are skipped and listed with their reason; images
+the item already holds (a folder added again) are counted as already in the catalogue; an
 item folder whose name is not a valid subject id, or a subject of another modality, is skipped
 whole. A missing or empty FOLDER, or one without item folders or images, is one error line (exit
 2), as is a run that enrolled nothing. `search` prints POST /v1/search's answer: the k nearest
@@ -64,7 +65,7 @@ def _add_item(service, item, files, report):
         return
     existed = _exists(service.store, item)
     try:
-        result = service.enroll(item, images, raw=raw, create=True)
+        result = service.enroll(item, images, raw=raw, create=True, skip_known=True)
     except FailureToEnrol as exc:
         report["skipped"] += [{"path": str(readable[f["index"]]), "reason": f["reason"]} for f in exc.failures]
         return
@@ -73,7 +74,9 @@ def _add_item(service, item, files, report):
         return
     failed = {f["index"]: f["reason"] for f in result["failures"]}
     report["skipped"] += [{"path": str(readable[i]), "reason": reason} for i, reason in failed.items()]
-    kept = [path for i, path in enumerate(readable) if i not in failed]
+    report["known"] += [str(readable[i]) for i in result["known"]]
+    left_out = set(failed) | set(result["known"])
+    kept = [path for i, path in enumerate(readable) if i not in left_out]
     report["images"] += [{"path": str(path), "subject_id": item, "template_id": template}
                          for path, template in zip(kept, result["template_ids"])]
     report["items"] += 1
@@ -94,7 +97,7 @@ def cmd_catalogue_add(args):
     items = _items(args.folder)
     service = _with_modality(args)
     report = {"folder": str(args.folder), "modality": service.modality, "model": service.scorer.bundle_id,
-              "items": 0, "created": 0, "enrolled": 0, "images": [], "skipped": []}
+              "items": 0, "created": 0, "enrolled": 0, "images": [], "known": [], "skipped": []}
     for item, files in items:
         try:
             check_subject_id(item)
@@ -110,8 +113,9 @@ def cmd_catalogue_add(args):
         _print(report)
     else:
         print(f"{report['items']} items ({report['created']} new), {report['enrolled']} images enrolled, "
-              f"{len(report['skipped'])} skipped; modality {service.modality}, model {service.scorer.bundle_id}")
-    if not report["enrolled"]:
+              f"{len(report['known'])} already in the catalogue, {len(report['skipped'])} skipped; "
+              f"modality {service.modality}, model {service.scorer.bundle_id}")
+    if not report["enrolled"] and not report["known"]:
         raise VerifierError(f"no image of {args.folder} could be enrolled ({len(report['skipped'])} skipped)",
                             code="nothing_enrolled")
     return 0

@@ -21,6 +21,8 @@ image, a pair: its confidence and decision come from the top-level (pair) calibr
 
 import threading
 
+import numpy as np
+
 from verifier.core.acquisition import acquire
 from verifier.core.errors import VerifierError
 from verifier.core.fusion import fused_distances
@@ -28,7 +30,7 @@ from verifier.core.images import decode_image
 from verifier.core.timing import Stopwatch
 from verifier.enrollment import quality
 from verifier.enrollment.gallery import Gallery
-from verifier.enrollment.store import Conflict, check_subject_id
+from verifier.enrollment.store import Conflict, NotFound, check_subject_id
 from verifier.enrollment.store.base import check_modality
 
 TOP_K = 5  # candidates identify returns unless asked otherwise
@@ -36,6 +38,7 @@ MAX_TOP_K = 100  # also the most images a search returns
 SEARCH_K = 10  # images search returns unless asked otherwise
 SEARCH_RULE = "min"  # the gallery search reads when the bundle has no fusion section (rows are rows)
 REEMBED_BATCH = 64
+KNOWN_TOLERANCE = 1e-5  # largest coordinate difference at which two embeddings count as one image
 
 
 def check_top_k(top_k, name="top_k"):
@@ -114,11 +117,13 @@ class EnrollmentService:
 
     # -- enroll -------------------------------------------------------------------------
 
-    def enroll(self, subject_id, images, *, raw=None, create=False, metadata=None):
+    def enroll(self, subject_id, images, *, raw=None, create=False, metadata=None, skip_known=False):
         """Enroll decoded `images` (with their encoded bytes in `raw`, kept if the store keeps images).
 
         Images failing the quality check are skipped and reported; the rest are stored in
         one transaction. When none passes, nothing is stored and FailureToEnrol is raised.
+        With `skip_known`, images whose embedding the subject already holds (the same image
+        enrolled again) are left out and listed in "known"; that none is new is no failure.
         """
         check_subject_id(subject_id)
         if not images:
@@ -139,13 +144,37 @@ class EnrollmentService:
             raise FailureToEnrol(f"no image could be enrolled: {failures[0]['reason']}"
                                  + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""), failures)
         embeddings = self.scorer.embed_inputs(acquired.inputs)
+        known = []
+        if skip_known:
+            new = self._new_rows(subject_id, embeddings)
+            known = [keep[j] for j in range(len(keep)) if j not in set(new)]
+            keep, embeddings = [keep[j] for j in new], embeddings[new]
+        if not keep:
+            return {"subject_id": subject_id, "modality": self.modality, "template_ids": [], "enrolled": 0,
+                    "known": known, "failures": failures, "failure_to_enrol": len(failures),
+                    "model": self.scorer.bundle_id, "timings_ms": {"total": clock.total()}}
         kept_raw = [raw[i] for i in keep] if raw is not None else None
         ids = self.store.add_templates(subject_id, self.scorer.bundle_id, embeddings, kept_raw,
                                        create=create, metadata=metadata, modality=self.modality,
                                        default_modality=self.default_modality)
         return {"subject_id": subject_id, "modality": self.modality, "template_ids": ids, "enrolled": len(ids),
-                "failures": failures, "failure_to_enrol": len(failures), "model": self.scorer.bundle_id,
+                **({"known": known} if skip_known else {}), "failures": failures, "failure_to_enrol": len(failures), "model": self.scorer.bundle_id,
                 "timings_ms": {"total": clock.total()}}
+
+    def _new_rows(self, subject_id, embeddings):
+        """Rows of `embeddings` that neither the subject's current-bundle templates nor an
+        earlier row already hold (within float rounding): the same image embeds the same."""
+        try:
+            _, by_bundle = self.store.subject_templates(subject_id)
+        except NotFound:
+            by_bundle = {}
+        held = by_bundle.get(self.scorer.bundle_id, np.zeros((0, embeddings.shape[1]), np.float32))
+        new = []
+        for j, row in enumerate(embeddings):
+            seen = np.concatenate([held, embeddings[new]])
+            if not len(seen) or np.abs(seen - row).max(axis=1).min() > KNOWN_TOLERANCE:
+                new.append(j)
+        return new
 
     # -- verify -------------------------------------------------------------------------
 
