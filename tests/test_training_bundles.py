@@ -140,3 +140,35 @@ def test_the_gradient_tower_has_a_fixed_front_end_and_embeds_a_blank_page(tmp_pa
     bundle = load_bundle(tmp_path / "b")  # the project's layer loads in safe mode
     data, record = fastpath.build_export(bundle)
     assert record["max_abs_diff"] <= fastpath.TOLERANCE  # the blank probe included: no NaN in TFLite
+
+
+def _with_counts(counts):
+    """LabelledImages with the given number of (blank) images per identity name."""
+    from imagesets import LabelledImages
+
+    names = list(counts)
+    labels = np.repeat(np.arange(len(names)), [counts[n] for n in names])
+    return LabelledImages("c", [np.zeros((4, 4), np.uint8)] * len(labels), labels, names,
+                          np.zeros(len(labels), bool), "f", "face-small")
+
+
+def test_usable_split_leaves_out_who_cannot_make_a_batch_and_says_so():
+    from training.bundles import usable_split
+    from training.splits import Split
+
+    data = _with_counts({"a": 3, "b": 2, "c": 1, "d": 1, "v1": 2, "v2": 1})
+    lines = []
+    split = usable_split(data, Split(["a", "b", "c", "d"], ["v1", "v2"], []), 2, lines.append)
+    assert split.train == ["a", "b"] and split.validation == []  # v1 alone has no impostor pair
+    assert lines == ["left out: 2 training identities with fewer than --batch-k 2 images, "
+                     "2 validation identities (one image each, or one identity left)"]
+    with pytest.raises(DatasetError, match="3 identities have fewer than --batch-k 3 images: b \\(2\\), c \\(1\\), "
+                                           "d \\(1\\); 1 left to train on, at least 2 needed"):
+        usable_split(data, Split(["a", "b", "c", "d"], [], []), 3)
+
+
+def test_a_pretrained_tower_is_fine_tuned_by_default_only_with_many_training_people():
+    from training.trainer import FINE_TUNE, FINE_TUNE_MIN_IDENTITIES, pretrained_defaults
+
+    assert pretrained_defaults(FINE_TUNE_MIN_IDENTITIES - 1) == {"epochs": 0}
+    assert pretrained_defaults(FINE_TUNE_MIN_IDENTITIES) == FINE_TUNE and FINE_TUNE["epochs"] > 0

@@ -37,7 +37,9 @@ def test_epochs_0_bundles_the_pretrained_tower_as_it_is(faces, tmp_path, capsys)
     out = tmp_path / "asis"
     assert main(["--data", str(faces), "--holdout-identities", "2", "--epochs", "0", "--quiet",
                  "--out", str(out)]) == 0
-    assert "detected and aligned in 24 of 24 images" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "detected and aligned in 24 of 24 images" in out_text
+    assert "face-resnet: 4 training identities with 2+ images (fewer than 200): the tower as it is" in out_text
     bundle = load_bundle(out)
     recipe = bundle.meta["recipe"]
     assert bundle.profile.name == "face" and bundle.profile.detector == "mtcnn"

@@ -57,14 +57,27 @@ def acquire_faces(data, profile, log=_quiet):
     return data
 
 
-def check_counts(data, names, k):
-    """Every identity that training or validation uses needs at least K genuine images."""
+def usable_split(data, split, k, log=_quiet):
+    """`split` without the training identities that have fewer than K genuine images (a PK batch
+    needs K of each) or the validation identities with fewer than 2 (no genuine pair): photos in
+    the wild often hold many people with one image. Left-out identities are logged, not trained
+    on; fewer than 2 left to train on is a DatasetError."""
     counts = data.counts()
-    short = [f"{name} ({counts[name]})" for name in names if counts[name] < k]
-    if short:
+    short = [name for name in split.train if counts[name] < k]
+    alone = [name for name in split.validation if counts[name] < 2]
+    train = [name for name in split.train if counts[name] >= k]
+    if len(train) < 2:
+        examples = ", ".join(f"{name} ({counts[name]})" for name in short[:5])
         more = f" and {len(short) - 5} more" if len(short) > 5 else ""
-        raise DatasetError(f"{len(short)} identities have fewer than --batch-k {k} images: "
-                           f"{', '.join(short[:5])}{more}; lower --batch-k, or hold them out")
+        raise DatasetError(f"{len(short)} identities have fewer than --batch-k {k} images: {examples}{more}; "
+                           f"{len(train)} left to train on, at least 2 needed: lower --batch-k, or add images")
+    validation = [name for name in split.validation if counts[name] >= 2]
+    if len(validation) == 1:  # one identity has no impostor pair: no early stopping
+        alone, validation = split.validation, []
+    if short or alone:
+        log(f"left out: {len(short)} training identities with fewer than --batch-k {k} images"
+            + (f", {len(alone)} validation identities (one image each, or one identity left)" if alone else ""))
+    return dataclasses.replace(split, train=train, validation=validation)
 
 
 def sample_per_identity(data, limit, seed):
@@ -187,7 +200,7 @@ def train_bundle(data, config, split, out, *, profile, metric="euclidean", refit
     """
     n_identities = len(data.identities)
     data = acquire_faces(data, profile, log)
-    check_counts(data, split.train + split.validation, config.batch_k)
+    split = usable_split(data, split, config.batch_k, log)
     inputs_profile = chip_profile(profile)
     validation = None
     if split.validation:

@@ -18,7 +18,8 @@ from training.augment import LEVELS
 from training.bundles import default_split, train_bundle
 from training.splits import parse_holdout
 from training.towers import PRETRAINED, TOWERS, default_tower
-from training.trainer import DEFAULT_DROPOUT, DEFAULT_MINING, LOSSES, MINING, PRETRAINED_EPOCHS, TrainConfig
+from training.trainer import (DEFAULT_DROPOUT, DEFAULT_MINING, FINE_TUNE, FINE_TUNE_MIN_IDENTITIES, LOSSES, MINING,
+                              TrainConfig, pretrained_defaults)
 from verifier.core.bundle import METRICS
 from verifier.core.errors import DatasetError, VerifierError
 from verifier.core.profiles import PROFILES, get_profile
@@ -45,7 +46,8 @@ def build_parser():
                            "else product or small-colour (colour), product-grey or small-grey (greyscale))")
     data.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
     model = p.add_argument_group("model and loss")
-    model.add_argument("--loss", choices=LOSSES, default=DEFAULTS.loss)
+    model.add_argument("--loss", choices=LOSSES, default=None,
+                       help=f"default: {DEFAULTS.loss}; a pretrained tower fine-tuned by default: {FINE_TUNE['loss']}")
     model.add_argument("--mining", choices=MINING, default=None,
                        help=f"in-batch mining for the triplet loss (default: {DEFAULT_MINING})")
     model.add_argument("--margin", type=float, default=None,
@@ -57,9 +59,10 @@ def build_parser():
                        help="default: face-resnet (pretrained) for the face profiles, gradients for signatures, "
                             "imagenet-mobilenetv2 (pretrained, frozen, learnt head) for product and product-grey, "
                             "small otherwise")
-    model.add_argument("--trainable-stages", type=int, default=DEFAULTS.trainable_stages,
+    model.add_argument("--trainable-stages", type=int, default=None,
                        help="pretrained towers: how many of the backbone's last stages fine-tuning may "
-                            "change (0: frozen backbone, only the projection head learns)")
+                            f"change (0: frozen backbone, only the projection head learns; default: "
+                            f"{DEFAULTS.trainable_stages}, fine-tuning face-resnet {FINE_TUNE['trainable_stages']})")
     model.add_argument("--embedding-size", type=int, default=None,
                        help="default: 128 for cosface, 64 for the other losses")
     model.add_argument("--dropout", type=float, default=None,
@@ -72,10 +75,15 @@ def build_parser():
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=None,
                      help="default: 20 for cosface, 10 for the other losses, 6 for imagenet-mobilenetv2; "
-                          f"face-resnet: {PRETRAINED_EPOCHS}, and 0 writes a bundle of the tower as it is")
+                          f"face-resnet: {FINE_TUNE['epochs']} (fine-tuning, with the other settings of the "
+                          f"fine-tuning recipe) from {FINE_TUNE_MIN_IDENTITIES} training identities with 2+ "
+                          "images, else 0, which writes a bundle of the tower as it is")
     opt.add_argument("--steps-per-epoch", type=int, default=DEFAULTS.steps_per_epoch)
-    opt.add_argument("--batch-p", type=int, default=DEFAULTS.batch_p, help="identities per batch")
-    opt.add_argument("--batch-k", type=int, default=DEFAULTS.batch_k, help="images per identity per batch")
+    opt.add_argument("--batch-p", type=int, default=None,
+                     help=f"identities per batch (default: {DEFAULTS.batch_p}; fine-tuning face-resnet {FINE_TUNE['batch_p']})")
+    opt.add_argument("--batch-k", type=int, default=None,
+                     help=f"images per identity per batch (default: {DEFAULTS.batch_k}; fine-tuning face-resnet "
+                          f"{FINE_TUNE['batch_k']})")
     opt.add_argument("--learning-rate", type=float, default=None,
                      help="peak learning rate (cosine decay to 0 over all steps); default: 2e-3 from "
                           "scratch, 1e-4 fine-tuning a pretrained tower")
@@ -99,6 +107,29 @@ def build_parser():
     run.add_argument("--resume", action="store_true", help="continue from the checkpoint when there is one")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+RECIPE_SETTINGS = ("loss", "epochs", "trainable_stages", "batch_p", "batch_k")
+
+
+def _fill_defaults(args, data, split):
+    """Settings not given take the recipe's: for a pretrained tower, fine-tuning or the tower as
+    it is by how many training identities have 2+ images (`pretrained_defaults`); returns a line
+    saying which, or None for a tower trained from scratch."""
+    chosen, usable = {}, None
+    if args.tower in PRETRAINED:
+        counts = data.counts()
+        usable = sum(counts[name] >= 2 for name in split.train)
+        chosen = pretrained_defaults(usable)
+    for name in RECIPE_SETTINGS:
+        if getattr(args, name) is None:  # epochs left None: the loss's or tower's own (TrainConfig)
+            setattr(args, name, chosen.get(name, None if name == "epochs" else getattr(DEFAULTS, name)))
+    if usable is None:
+        return None
+    side = "at least" if usable >= FINE_TUNE_MIN_IDENTITIES else "fewer than"
+    how = (f"fine-tuned for {args.epochs} epochs, {args.loss}, {args.trainable_stages} trainable stages"
+           if args.epochs else "the tower as it is (--epochs N fine-tunes it)")
+    return f"{args.tower}: {usable} training identities with 2+ images ({side} {FINE_TUNE_MIN_IDENTITIES}): {how}"
 
 
 def _check_positive(args):
@@ -170,9 +201,12 @@ def run(args):
     print(f"profile: {profile.name} ({reason})")
     if args.tower is None:
         args.tower = default_tower(profile.name)
-    _check_positive(args)
     split = default_split(data.identities, parse_holdout(args.holdout_identities), args.validation_identities,
                           args.seed)
+    recipe_line = _fill_defaults(args, data, split)
+    if recipe_line:
+        print(recipe_line)
+    _check_positive(args)
     trained = train_bundle(data, _config(args), split, args.out, profile=profile, metric=args.metric,
                            refit_after=args.refit, spec=args.data, checkpoint_dir=args.checkpoint_dir,
                            resume=args.resume, verbose=not args.quiet, log=print,
