@@ -37,8 +37,8 @@ def _split_lines(name, m):
         f"    AUC                {m['auc']['value']:.4f}{_ci(m['auc']['ci'], lambda x: f'{x:.4f}')}",
     ]
     note = m.get("bootstrap") or {}
-    if note.get("intervals") is None and "too few" in note.get("reason", ""):
-        lines.append(f"    (no intervals: {note['reason']})")
+    if note.get("intervals") is None and note.get("reason", "--bootstrap 0") != "--bootstrap 0":
+        lines.append(f"    (no intervals: {note['reason']})")  # --bootstrap 0 is stated with the protocol
     for key in ("fmr", "fnmr"):
         if m[key]["errors"] == 0:
             lines.append(f"    ({key.upper()}: no errors in {m[key]['total']}; the rule of three bounds it at "

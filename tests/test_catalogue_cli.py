@@ -84,6 +84,15 @@ def test_catalogue_add_bad_folder_is_one_line_exit_2(cli, tmp_path, make, says):
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and says in err
 
 
+def test_the_same_image_twice_in_one_folder_is_stored_once(cli, tmp_path):
+    root = write_folder(tmp_path / "dup", n_identities=2, per_identity=2, seed=3)
+    cv2.imwrite(str(root / "id00" / "again.png"), cv2.imread(str(root / "id00" / "0.png")))
+    code, out, err = cli("catalogue", "add", str(root), "--json")
+    report = json.loads(out)
+    assert code == 0, err
+    assert report["enrolled"] == 4 and report["known"] == [str(root / "id00" / "again.png")]
+
+
 def test_catalogue_add_with_nothing_enrollable_is_exit_2(cli, tmp_path):
     (tmp_path / "junk" / "item").mkdir(parents=True)
     (tmp_path / "junk" / "item" / "a.txt").write_text("no")

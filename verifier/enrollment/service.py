@@ -147,18 +147,17 @@ class EnrollmentService:
         known = []
         if skip_known:
             new = self._new_rows(subject_id, embeddings)
-            known = [keep[j] for j in range(len(keep)) if j not in set(new)]
+            known = sorted(set(keep) - {keep[j] for j in new})
             keep, embeddings = [keep[j] for j in new], embeddings[new]
-        if not keep:
-            return {"subject_id": subject_id, "modality": self.modality, "template_ids": [], "enrolled": 0,
-                    "known": known, "failures": failures, "failure_to_enrol": len(failures),
-                    "model": self.scorer.bundle_id, "timings_ms": {"total": clock.total()}}
-        kept_raw = [raw[i] for i in keep] if raw is not None else None
-        ids = self.store.add_templates(subject_id, self.scorer.bundle_id, embeddings, kept_raw,
-                                       create=create, metadata=metadata, modality=self.modality,
-                                       default_modality=self.default_modality)
+        ids = []
+        if keep:
+            kept_raw = [raw[i] for i in keep] if raw is not None else None
+            ids = self.store.add_templates(subject_id, self.scorer.bundle_id, embeddings, kept_raw,
+                                           create=create, metadata=metadata, modality=self.modality,
+                                           default_modality=self.default_modality)
         return {"subject_id": subject_id, "modality": self.modality, "template_ids": ids, "enrolled": len(ids),
-                **({"known": known} if skip_known else {}), "failures": failures, "failure_to_enrol": len(failures), "model": self.scorer.bundle_id,
+                **({"known": known} if skip_known else {}), "failures": failures,
+                "failure_to_enrol": len(failures), "model": self.scorer.bundle_id,
                 "timings_ms": {"total": clock.total()}}
 
     def _new_rows(self, subject_id, embeddings):
