@@ -151,7 +151,7 @@ def _protocol_text(why, dev_names, eval_names, sampling, image_note, metric, pol
             f"{settings.choice_text(policy, bool(eval_names))}{fusion}")
 
 
-def _embed(bundle_dir, meta, images, log):
+def embed_acquired(bundle_dir, meta, images, log=_quiet):
     """(embeddings of the images acquired, which were acquired): a face profile's images with
     no face found are failures to acquire, left out of every comparison and counted."""
     from verifier.core.acquisition import acquire
@@ -178,19 +178,25 @@ def _failure_to_acquire(acquired, parts):
 
 
 def _fusion(emb, labels, forged, parts, metric, policy, settings, protocol, counts):
-    """(section, [dev, eval] template comparisons, None), or (None, None, note) saying why there is none:
-    too few images to enroll k and probe, or a policy the fused comparisons cannot support."""
+    """(section, [dev, eval] template comparisons, note or None), or (None, None, note) saying why there is
+    none: too few identities with images to enroll k and probe, or a policy the fused comparisons cannot
+    support. `counts`: genuine images per identity name, in label order."""
     k = protocol.templates_per_subject
-    short = [name for name, n in counts.items() if n <= k]
-    if short:
-        return None, None, (f"no fusion calibration: {len(short)} identities have {k} or fewer images "
-                            f"({', '.join(short[:5])}); the template protocol enrolls {k} and probes with the rest")
+    enrollable = np.array([n > k for n in counts.values()])
+    per_split = [int(enrollable[np.unique(labels[rows])].sum()) for rows in parts if len(rows)]
+    if min(per_split) < MIN_IDENTITIES:
+        return None, None, (f"no fusion calibration: {min(per_split)} identities of a split have more than {k} "
+                            f"images; the template protocol enrolls {k} of a subject's images and probes with the "
+                            f"rest, and needs at least {MIN_IDENTITIES} such subjects in each split")
+    short = [name for name, ok in zip(counts, enrollable) if not ok]
+    note = (f"fusion: {len(short)} identities with {k} or fewer images ({', '.join(short[:5])}) are not enrolled; "
+            "their images probe every subject as impostors") if short else None
     scored = [protocol.templates(emb, labels, forged, rows, metric) for rows in parts]
     try:
         section = settings.calibrate(scored[0], scored[1], policy, where="fusion ")
     except CalibrationError as exc:
         return None, None, f"no fusion calibration: {exc.message}"
-    return dict(rule=protocol.fusion, templates_per_subject=k, **section), scored, None
+    return dict(rule=protocol.fusion, templates_per_subject=k, **section), scored, note
 
 
 def _preflight(labels, forged, parts, policy, protocol, impostors):
@@ -247,7 +253,7 @@ def calibrate_bundle(bundle, data, policy, *, spec=None, confidence=DEFAULT_CONF
     rows = sample_rows(held.labels, held.forged, cap, seed)
     labels, forged, parts = _rows_by_split(held, rows, dev_names, eval_names)
     _preflight(labels, forged, parts, policy, protocol, settings.impostors)
-    emb, acquired = _embed(bundle, meta, [held.images[i] for i in rows], log)
+    emb, acquired = embed_acquired(bundle, meta, [held.images[i] for i in rows], log)
     # only a profile that detects something can fail to acquire (faces: no face found)
     failure_to_acquire = _failure_to_acquire(acquired, parts) if meta["profile"].get("detector") else None
     labels, forged, parts = _rows_by_split(held, rows[acquired], dev_names, eval_names)
@@ -258,8 +264,8 @@ def calibrate_bundle(bundle, data, policy, *, spec=None, confidence=DEFAULT_CONF
     section = settings.calibrate(dev, evaluation, policy)
     # images each identity brings to fusion: after the per-identity cap and the failures to acquire
     kept = {name: int(((labels == k) & ~forged).sum()) for k, name in enumerate(held.identities)}
-    fused_section, fused, why_not = _fusion(emb, labels, forged, parts, metric, policy, settings, protocol, kept)
-    notes = [why_not] if why_not else []
+    fused_section, fused, fusion_note = _fusion(emb, labels, forged, parts, metric, policy, settings, protocol, kept)
+    notes = [fusion_note] if fusion_note else []
     if not eval_names:
         notes.append("--eval-fraction 0: the threshold and confidence are reported on the dev comparisons that "
                      "chose them (optimistic); no eval split")

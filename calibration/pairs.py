@@ -124,12 +124,18 @@ def enrollment_split(labels, forged, k, seed=0):
 
 
 def template_comparisons(embeddings, labels, forged, metric, *, k, rule, seed=0):
-    """Each probe against every enrolled subject's templates, fused with `rule`."""
+    """Each probe against every enrolled subject's templates, fused with `rule`.
+
+    Identities with more than k genuine images are enrolled and probe with the rest; the genuine
+    images of those with fewer (most people of a photo collection in the wild) probe every
+    subject as impostors.
+    """
     labels = np.asarray(labels)
     enrolled, probes = enrollment_split(labels, forged, k, seed)
     forged = np.asarray(forged, dtype=bool)
     forgeries = np.flatnonzero(forged)
-    probe_rows = probes[np.isin(labels[probes], list(enrolled))]
+    unenrolled = np.flatnonzero(~forged & ~np.isin(labels, list(enrolled)))
+    probe_rows = np.sort(np.concatenate([probes, unenrolled]))
     distance, label, id_a, id_b, forgery = [], [], [], [], []
     for subject, templates in enrolled.items():
         fake_rows = forgeries[labels[forgeries] == subject]

@@ -55,6 +55,17 @@ def test_template_protocol_counts_and_determinism():
         template_comparisons(emb, labels, forged, "euclidean", k=10, rule="mean")
 
 
+def test_identities_too_small_to_enroll_probe_as_impostors():
+    labels = np.array([0] * 5 + [1] * 4 + [2, 3, 3])  # 2 and 3 have too few images to enroll 3 and probe
+    emb, forged = _embeddings(labels), np.zeros(len(labels), bool)
+    fused = template_comparisons(emb, labels, forged, "euclidean", k=3, rule="mean", seed=0)
+    assert sorted(set(fused.id_b.tolist())) == [0, 1]  # only 0 and 1 are subjects
+    assert len(fused.genuine) == 2 + 1  # each subject's images beyond the 3 enrolled
+    # every other probe against both subjects: 3 images of 2 and 3, plus the other subject's probes
+    assert len(fused.impostor) == 2 * 3 + 1 + 2
+    assert (fused.label[np.isin(fused.id_a, [2, 3])] == 0).all()
+
+
 def test_restrict_keeps_comparisons_within_identities():
     labels = np.repeat(np.arange(6), 4)
     pairs = pair_comparisons(_embeddings(labels), labels, np.zeros(24, bool), "euclidean")
