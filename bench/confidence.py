@@ -1,15 +1,16 @@
 """Does a threshold chosen on dev identities hold on eval identities, and is the confidence calibrated?
 
-    python bench/confidence.py [--bundle bundles/face] [--seed 0] [--splits 10] [--bootstrap 1000]
-        [--confidence logistic|isotonic]
+    python bench/confidence.py [--bundle bundles/face] [--data SPEC] [--seed 0] [--splits 10]
+        [--bootstrap 1000] [--confidence logistic|isotonic] [--max-images-per-identity N]
 
-On ORL identities the bundle never trained on (its held-out ones when it trained on ORL):
-the `fmr=0.01` policy chooses the threshold on dev pairs; the eval FMR at that threshold is
-reported with its identity-bootstrap 95% interval, with whether the 1% target lies inside it
-and whether it lies inside the dev interval; and the ECE of the confidence (logistic unless
-`--confidence`) on eval pairs (goal <= 0.03). ORL holds out only 10 people, so one dev/eval
-split (5 + 5) is a noisy draw: the headline is split seed `--seed`, and `--splits` further
-seeds show the spread.
+On identities the bundle never trained on (its held-out ones of the data it trained on, which
+is the default --data): the images are embedded once and every pair scored; then for each
+split seed the identities are split into dev and eval, the `fmr=0.01` policy chooses the
+threshold on dev pairs, and the eval FMR at that threshold is reported with its
+identity-bootstrap 95% interval, with whether the 1% target lies inside it and whether it lies
+inside the dev interval; and the ECE of the confidence (logistic unless `--confidence`) on
+eval pairs (goal <= 0.03). One dev/eval split is a noisy draw: the headline is split seed
+`--seed`, and `--splits` further seeds show the spread.
 Nothing is written into the bundle. The last line is one JSON object.
 """
 
@@ -19,10 +20,13 @@ import statistics
 import sys
 import time
 
-from calibration.calibrate import calibrate_bundle
+from calibration.calibrate import calibrate_scores, embed_acquired
 from calibration.confidence import CALIBRATORS, DEFAULT_CONFIDENCE
+from calibration.pairs import pair_comparisons
 from calibration.policies import parse_policy
+from calibration.protocol import held_out_identities, images_per_identity_cap, sample_rows
 from imagesets import load_dataset
+from verifier.core.bundle import read_meta
 from verifier.core.errors import VerifierError
 from verifier.settings import DEFAULT_BUNDLE
 
@@ -42,11 +46,25 @@ def _pct(interval):
     return "n/a" if interval is None else f"[{100 * interval[0]:.2f}%, {100 * interval[1]:.2f}%]"
 
 
-def one_split(bundle, data, seed, bootstrap, confidence):
-    """Calibrate at POLICY with one split seed; returns (Calibrated, figures)."""
+def held_out_comparisons(bundle, spec, max_images_per_identity, seed):
+    """(every pair of the bundle's held-out identities of `spec`, scored once; a line saying which)."""
+    meta = read_meta(bundle)
+    data = load_dataset(spec or meta["recipe"]["dataset"]["spec"])
+    names, why = held_out_identities(meta.get("recipe") or {}, data)
+    held = data.subset(names)
+    cap, image_note = images_per_identity_cap(list(held.counts().values()), max_images_per_identity)
+    rows = sample_rows(held.labels, held.forged, cap, seed)
+    emb, acquired = embed_acquired(bundle, meta, [held.images[i] for i in rows], _log)
+    rows = rows[acquired]
+    comparisons = pair_comparisons(emb, held.labels[rows], held.forged[rows], meta["metric"])
+    return comparisons, f"bundle {bundle} ({meta['bundle_id']}): {why}, {image_note}"
+
+
+def one_split(comparisons, source, seed, bootstrap, confidence):
+    """Calibrate at POLICY with one dev/eval split seed; returns (Calibrated, figures)."""
     policy = parse_policy(POLICY)
-    result = calibrate_bundle(bundle, data, policy, spec="orl", confidence=confidence, seed=seed,
-                              n_bootstrap=bootstrap, log=_log)
+    result = calibrate_scores(comparisons, policy, source=source, eval_fraction=0.5, confidence=confidence,
+                              n_bootstrap=bootstrap, seed=seed)
     calibration = result.calibration
     dev, evaluation = calibration["metrics"]["dev"], calibration["metrics"]["eval"]
     return result, {
@@ -66,6 +84,9 @@ def one_split(bundle, data, seed, bootstrap, confidence):
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--bundle", default=DEFAULT_BUNDLE)
+    p.add_argument("--data", help="orl or a folder (default: the data the bundle trained on, for its held-out identities)")
+    p.add_argument("--max-images-per-identity", type=int,
+                   help="seeded sample of images per identity (default: as python -m calibration)")
     p.add_argument("--seed", type=int, default=0, help="the headline split seed")
     p.add_argument("--splits", type=int, default=10, help="split seeds in all (seed, seed+1, ...)")
     p.add_argument("--bootstrap", type=int, default=1000)
@@ -100,9 +121,10 @@ def result_line(runs, opts, seconds):
     result, head = runs[0]
     eces = [r["eval_ece"] for _, r in runs]
     return {
-        "bench": "calibration", "bundle_id": result.bundle_id, "data": "orl", "policy": POLICY,
-        "confidence": opts.confidence,
-        "identities": result.calibration["sizes"]["identities"], "bootstrap": opts.bootstrap, **head,
+        "bench": "calibration", "source": result.source, "policy": POLICY, "confidence": opts.confidence,
+        "identities": {name: len(ids) for name, ids in result.calibration["identities"].items()},
+        "genuine": result.calibration["sizes"]["genuine"], "impostor": result.calibration["sizes"]["impostor"],
+        "bootstrap": opts.bootstrap, **head,
         "ece_goal": ECE_GOAL, "ece_ok": head["eval_ece"] <= ECE_GOAL,
         "splits": len(runs), "target_in_eval_ci_splits": sum(r["target_in_eval_ci"] for _, r in runs),
         "eval_ece_median": statistics.median(eces), "eval_ece_range": [min(eces), max(eces)],
@@ -115,8 +137,9 @@ def main(argv=None):
     opts = build_parser().parse_args(argv)
     start = time.perf_counter()
     try:
-        data = load_dataset("orl")
-        runs = [one_split(opts.bundle, data, opts.seed + k, opts.bootstrap, opts.confidence)
+        comparisons, source = held_out_comparisons(opts.bundle, opts.data, opts.max_images_per_identity, opts.seed)
+        _log(f"{source}: {len(comparisons):,} comparisons")
+        runs = [one_split(comparisons, source, opts.seed + k, opts.bootstrap, opts.confidence)
                 for k in range(max(1, opts.splits))]
     except VerifierError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
