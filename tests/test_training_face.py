@@ -60,12 +60,14 @@ def test_a_tiny_fine_tuning_run_changes_only_the_unfrozen_stages(faces, tmp_path
                  "--batch-k", "2", "--trainable-stages", "1", "--learning-rate", "1e-3", "--quiet",
                  "--out", str(out)]) == 0
     tuned = load_bundle(out).model
-    backbone = tuned.get_layer("face_resnet")
+    assert tuned.name == "face_resnet_tower_flip_tta"  # the bundle stores the mirror average of the tower
+    tower = tuned.get_layer("face_resnet_tower")
+    backbone = tower.get_layer("face_resnet")
     original = build_face_resnet(read_weights(*fetch_face_api()))
     changed = {layer.name for layer, before in zip(backbone.layers, original.layers)
                if any(not np.array_equal(a, b) for a, b in zip(layer.get_weights(), before.get_weights()))}
     assert changed <= {"fc"}  # one trainable stage: the last, `fc`
-    projection = tuned.get_layer("projection").get_weights()[0]
+    projection = tower.get_layer("projection").get_weights()[0]
     assert not np.allclose(projection, np.eye(128))
     assert STAGES[-1] == "fc"
 

@@ -256,8 +256,10 @@ def build_model(config, profile):
                             config.trainable_stages)
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
-    # mirror averaging doubles the serving cost: worth it for a small CNN, not for a pretrained tower
-    use_tta = config.flip_tta and profile.allow_flip and config.tower not in PRETRAINED
+    # Mirror averaging doubles the cost of an embedding. It measured worth it for the small CNN and
+    # for the face ResNet (lfw-dev's 719 people a bundle never saw: fine-tuned 3.99% EER with it,
+    # 4.34% without; as it is 4.74% / 4.97%); not measured for the frozen ImageNet tower.
+    use_tta = config.flip_tta and profile.allow_flip and config.tower != "imagenet-mobilenetv2"
     return tower, with_flip_average(tower) if use_tta else tower
 
 
