@@ -23,6 +23,7 @@ LEVEL = 0.95
 # only be one of C(2n - 1, n) multisets, and with 2 every usable one is the full set, so the
 # "interval" would be the estimate itself, which reads as certainty.
 MIN_BOOTSTRAP_IDENTITIES = 4
+ROC_FMR_STEP = 0.01  # the stored ROC resolves FMR to 1% of itself (calibration.json stays small)
 CLLR_EPS = 1e-15  # Cllr on probabilities kept this far from 0 and 1, so that it stays finite
 
 
@@ -193,10 +194,33 @@ def by_impostor_kind(comparisons, threshold):
 
 
 def operating_points(dev):
-    """The dev ROC at every distinct observed distance (the -inf accept-nothing row dropped)."""
+    """The dev ROC, thinned (`thin_roc`), the -inf accept-nothing row dropped."""
     curve = metrics.roc(dev.genuine, dev.impostor)
-    return {"distance": curve.thresholds[1:].tolist(), "fmr": curve.fmr[1:].tolist(),
-            "fnmr": curve.fnmr[1:].tolist()}
+    keep = thin_roc(curve)[1:]
+    return {"distance": curve.thresholds[keep].tolist(), "fmr": curve.fmr[keep].tolist(),
+            "fnmr": curve.fnmr[keep].tolist()}
+
+
+def thin_roc(curve):
+    """Row indices of `curve` worth storing: the first and last row of every FNMR level, and
+    rows so that FMR grows by at most ROC_FMR_STEP (relative) between kept rows.
+
+    Hundreds of thousands of impostor comparisons give as many rows. Kept this way, the
+    threshold looked up for any target FMR has the exact curve's FNMR and an FMR no higher.
+    """
+    fnmr = curve.fnmr
+    n = len(fnmr)
+    level_edges = np.flatnonzero(np.diff(fnmr) != 0)
+    keep = np.zeros(n, bool)
+    keep[[0, n - 1]] = True
+    keep[level_edges] = keep[level_edges + 1] = True
+    floor = 1.0 / max(curve.n_impostor, 1)
+    levels = np.geomspace(floor, 1.0, int(np.ceil(np.log(1 / floor) / np.log1p(ROC_FMR_STEP))) + 1)
+    first = np.searchsorted(curve.fmr, levels, side="left")
+    first = first[first < n]
+    keep[first] = True
+    keep[np.maximum(first - 1, 0)] = True
+    return np.flatnonzero(keep)
 
 
 def calibrate(dev, evaluation, policy, *, confidence="logistic", prior=0.5, n_bootstrap=1000, seed=0,

@@ -6,12 +6,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from calibration.fit import calibrate, check_support
+from calibration.fit import calibrate, check_support, operating_points
+from calibration.metrics import roc
 from calibration.pairs import Comparisons
 from calibration.policies import parse_policy
 from calibration.protocol import (CalibrationError, held_out_identities, images_per_identity_cap, sample_rows,
                                   split_dev_eval)
 from calibration.report import _split_lines, dumps
+from verifier.core.decisions import fmr_at_threshold, threshold_at_fmr
 
 
 def _data(names, fingerprint="abc"):
@@ -110,3 +112,25 @@ def test_refusals_say_what_is_needed():
     ties = _comparisons(np.full(50, 0.5), np.zeros(400))  # every impostor at distance 0
     with pytest.raises(CalibrationError, match="accepts nothing"):
         calibrate(ties, None, parse_policy("fmr=0.01"), n_bootstrap=0)
+
+
+def test_the_stored_roc_is_thinned_without_losing_an_operating_point():
+    """200,000 impostor comparisons: a few thousand rows kept; a target FMR looked up on them gets
+    the exact curve's FNMR at an FMR no higher than the target, and FMR is resolved to about 1%."""
+    rng = np.random.default_rng(0)
+    genuine, impostor = rng.normal(0.6, 0.2, 800), rng.normal(1.3, 0.2, 200_000)
+    distance = np.concatenate([genuine, impostor])
+    label = np.concatenate([np.ones(800, np.int8), np.zeros(200_000, np.int8)])
+    ids = np.zeros(len(distance), int)
+    dev = Comparisons(distance, label, ids, ids, np.zeros(len(distance), bool), len(impostor))
+    points = operating_points(dev)
+    full = roc(genuine, impostor)
+    exact = {"distance": full.thresholds[1:], "fmr": full.fmr[1:], "fnmr": full.fnmr[1:]}
+    assert len(points["distance"]) < 5_000 and np.all(np.diff(points["distance"]) > 0)
+    assert points["distance"][-1] == exact["distance"][-1]
+    for target in (1e-5, 1e-4, 1e-3, 0.01, 0.05, 0.3):
+        kept, best = threshold_at_fmr(points, target), threshold_at_fmr(exact, target)
+        assert ((genuine > kept).mean() == (genuine > best).mean()) and (impostor <= kept).mean() <= target
+    for threshold in np.linspace(0.9, 1.6, 50):
+        true = (impostor <= threshold).mean()
+        assert true * 0.97 - 1e-5 <= fmr_at_threshold(points, threshold) <= true
