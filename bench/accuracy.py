@@ -55,8 +55,8 @@ from calibration.metrics import auc, eer
 from calibration.pairs import pair_comparisons
 from imagesets import LabelledImages, load_dataset
 from training.bundles import default_split, fit_tower, usable_split
-from training.towers import PRETRAINED, build_tower, default_tower
-from training.trainer import FINE_TUNE, TrainConfig
+from training.towers import default_tower
+from training.trainer import FINE_TUNE, TrainConfig, build_model
 from verifier.core.acquisition import acquire_dataset, chip_profile
 from verifier.core.embedder import Embedder
 from verifier.core.profiles import get_profile, preprocess_batch
@@ -104,9 +104,9 @@ def run_siamese(loss, overrides, data, split, profile, verbose, refit_after=True
 def run_face_resnet(loss, overrides, faces, split, profile, verbose, refit_after=True):
     """The pretrained face tower as it is (loss None), or fine-tuned on the fold's training people
     with `python -m training`'s fine-tuning recipe (FINE_TUNE) under `loss`, plus any --set overrides."""
-    if loss is None:
-        tower = build_tower("face-resnet", profile.input_shape, PRETRAINED["face-resnet"])
-        return Embedder(tower, profile).embed_batch, 0.0, {}
+    if loss is None:  # what `python -m training --epochs 0` bundles (mirror-averaged)
+        _, model = build_model(TrainConfig(tower="face-resnet", epochs=0), profile)
+        return Embedder(model, profile).embed_batch, 0.0, {}
     overrides = {**FINE_TUNE, "loss": loss, **overrides}
     config = TrainConfig(**{"tower": "face-resnet", **overrides})
     usable = usable_split(faces, split, config.batch_k)  # PK batches need K images a person (LFW: many have one)
