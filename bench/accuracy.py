@@ -104,8 +104,8 @@ def run_siamese(loss, overrides, data, split, profile, verbose, refit_after=True
 def run_face_resnet(loss, overrides, faces, split, profile, verbose, refit_after=True):
     """The pretrained face tower as it is (loss None), or fine-tuned on the fold's training people
     with `python -m training`'s fine-tuning recipe (FINE_TUNE) under `loss`, plus any --set overrides."""
-    if loss is None:  # what `python -m training --epochs 0` bundles (mirror-averaged)
-        _, model = build_model(TrainConfig(tower="face-resnet", epochs=0), profile)
+    if loss is None:  # what `python -m training --epochs 0` bundles (mirror-averaged with --set flip_tta=true)
+        _, model = build_model(TrainConfig(**{**overrides, "tower": "face-resnet", "epochs": 0}), profile)
         return Embedder(model, profile).embed_batch, 0.0, {}
     overrides = {**FINE_TUNE, "loss": loss, **overrides}
     config = TrainConfig(**{"tower": "face-resnet", **overrides})

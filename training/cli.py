@@ -69,9 +69,10 @@ def build_parser():
                        help=f"default: {DEFAULT_DROPOUT}; 0.2 for imagenet-mobilenetv2")
     model.add_argument("--metric", choices=METRICS, default="euclidean",
                        help="distance recorded in the bundle (embeddings are L2-normalised)")
-    model.add_argument("--no-flip-tta", dest="flip_tta", action="store_false",
-                       help="do not average the embeddings of an image and its mirror image "
-                            "(never done for profiles that forbid flips)")
+    model.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None,
+                       help="average the embeddings of an image and its mirror image (default: on for the "
+                            "towers trained from scratch, off for the pretrained ones, where it doubles the "
+                            "serving cost; never for profiles that forbid flips)")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=None,
                      help="default: 20 for cosface, 10 for the other losses, 6 for imagenet-mobilenetv2; "

@@ -38,9 +38,13 @@ DEFAULT_EMBEDDING = {"contrastive": 64, "triplet": 64, "npair": 64, "cosface": 1
 DEFAULT_AUGMENT = {"contrastive": "none", "triplet": "none", "npair": "none", "cosface": "robust"}
 DEFAULT_EPOCHS = {"contrastive": 10, "triplet": 10, "npair": 10, "cosface": 20}
 DEFAULT_DROPOUT = 0.5
-# a frozen pretrained backbone under a learnt head: light dropout, mirror images only, a short
-# schedule at a higher rate (what measured best on unseen grocery classes; README, Products)
-TOWER_DEFAULTS = {"imagenet-mobilenetv2": dict(dropout=0.2, augment="flip", epochs=6, learning_rate=3e-3)}
+# imagenet-mobilenetv2, a frozen pretrained backbone under a learnt head: light dropout, mirror
+# images only, a short schedule at a higher rate (what measured best on unseen grocery classes;
+# README, Products). Mirror averaging (flip_tta) doubles an embedding's cost; the pretrained
+# towers go without by default: for the face ResNet it would cost the service its speed goals
+# (p50 31 -> 56 ms) for lfw-dev's 719 unseen people's eval EER 4.14% -> 3.81% (README).
+TOWER_DEFAULTS = {"imagenet-mobilenetv2": dict(dropout=0.2, augment="flip", epochs=6, learning_rate=3e-3, flip_tta=False),
+                  "face-resnet": dict(flip_tta=False)}
 PRETRAINED_EPOCHS = 0  # fine-tuning epochs for a pretrained tower (0: as it is; see bench/accuracy.py)
 # Fine-tuning the face ResNet pays with many training people and costs with few (bench/accuracy.py,
 # README): lfw-dev folds 1-3, about 600 training people: 3.34% mean EER fine-tuned against 4.34%
@@ -98,7 +102,7 @@ class TrainConfig:
     learning_rate: float | None = None  # None: 2e-3 from scratch, 1e-4 fine-tuning a pretrained tower
     weight_decay: float = 1e-4
     augment: str | None = None  # None: DEFAULT_AUGMENT[loss]
-    flip_tta: bool = True
+    flip_tta: bool | None = None  # None: the tower's own (TOWER_DEFAULTS), else True
     # signatures: the training writers' skilled forgeries train as classes of their own
     # (no effect on data without forgeries)
     forgery_classes: bool = True
@@ -120,6 +124,8 @@ class TrainConfig:
             self.dropout = own.get("dropout", DEFAULT_DROPOUT)
         if self.augment is None:
             self.augment = own.get("augment", DEFAULT_AUGMENT[self.loss])
+        if self.flip_tta is None:
+            self.flip_tta = own.get("flip_tta", True)
         if self.epochs is None:
             self.epochs = PRETRAINED_EPOCHS if self.tower in PRETRAINED else own.get("epochs", DEFAULT_EPOCHS[self.loss])
         if self.embedding_size is None:
@@ -256,10 +262,7 @@ def build_model(config, profile):
                             config.trainable_stages)
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
-    # Mirror averaging doubles the cost of an embedding. It measured worth it for the small CNN and
-    # for the face ResNet (lfw-dev's 719 people a bundle never saw: fine-tuned 3.99% EER with it,
-    # 4.34% without; as it is 4.74% / 4.97%); not measured for the frozen ImageNet tower.
-    use_tta = config.flip_tta and profile.allow_flip and config.tower != "imagenet-mobilenetv2"
+    use_tta = config.flip_tta and profile.allow_flip
     return tower, with_flip_average(tower) if use_tta else tower
 
 
