@@ -120,7 +120,7 @@ def test_from_dict_refuses_a_stored_prior_out_of_range(cls):
 
 
 def test_the_shipped_calibration_still_loads_and_gives_its_numbers():
-    """bundles/face/calibration.json, as written before the scikit-learn renaming, rebuilds exactly."""
+    """bundles/face/calibration.json rebuilds exactly."""
     path = Path(__file__).resolve().parent.parent / "bundles" / "face" / "calibration.json"
     stored = json.loads(path.read_text())["confidence"]
     rebuilt = calibrator_from_dict(stored)
