@@ -24,7 +24,7 @@ from calibration.calibrate import calibrate_scores, embed_acquired
 from calibration.confidence import CALIBRATORS, DEFAULT_CONFIDENCE
 from calibration.pairs import pair_comparisons
 from calibration.policies import parse_policy
-from calibration.protocol import held_out_identities, images_per_identity_cap, sample_rows
+from calibration.protocol import held_out_sample
 from imagesets import load_dataset
 from verifier.core.bundle import read_meta
 from verifier.core.errors import VerifierError
@@ -50,10 +50,7 @@ def held_out_comparisons(bundle, spec, max_images_per_identity, seed):
     """(every pair of the bundle's held-out identities of `spec`, scored once; a line saying which)."""
     meta = read_meta(bundle)
     data = load_dataset(spec or meta["recipe"]["dataset"]["spec"])
-    names, why = held_out_identities(meta.get("recipe") or {}, data)
-    held = data.subset(names)
-    cap, image_note = images_per_identity_cap(list(held.counts().values()), max_images_per_identity)
-    rows = sample_rows(held.labels, held.forged, cap, seed)
+    _, why, held, rows, image_note = held_out_sample(meta.get("recipe") or {}, data, max_images_per_identity, seed)
     emb, acquired = embed_acquired(bundle, meta, [held.images[i] for i in rows], _log)
     rows = rows[acquired]
     comparisons = pair_comparisons(emb, held.labels[rows], held.forged[rows], meta["metric"])

@@ -13,8 +13,7 @@ import numpy as np
 from calibration import fit
 from calibration.confidence import DEFAULT_CONFIDENCE
 from calibration.pairs import pair_comparisons, template_comparisons
-from calibration.protocol import (MIN_IDENTITIES, CalibrationError, held_out_identities, images_per_identity_cap,
-                                  sample_rows, split_dev_eval)
+from calibration.protocol import MIN_IDENTITIES, CalibrationError, held_out_sample, split_dev_eval
 from verifier.core.fusion import DEFAULT_RULE
 
 
@@ -246,11 +245,8 @@ def calibrate_bundle(bundle, data, policy, *, spec=None, confidence=DEFAULT_CONF
     settings = _Settings(confidence, prior, n_bootstrap, seed, impostors)
     protocol = _Protocol(max_impostors, templates_per_subject, fusion, seed)
     meta = read_meta(bundle)
-    names, why = held_out_identities(meta.get("recipe") or {}, data)
+    names, why, held, rows, image_note = held_out_sample(meta.get("recipe") or {}, data, max_images_per_identity, seed)
     dev_names, eval_names = split_dev_eval(names, eval_fraction, seed)
-    held = data.subset(names)
-    cap, image_note = images_per_identity_cap(list(held.counts().values()), max_images_per_identity)
-    rows = sample_rows(held.labels, held.forged, cap, seed)
     labels, forged, parts = _rows_by_split(held, rows, dev_names, eval_names)
     _preflight(labels, forged, parts, policy, protocol, settings.impostors)
     emb, acquired = embed_acquired(bundle, meta, [held.images[i] for i in rows], log)

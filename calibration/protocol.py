@@ -62,6 +62,15 @@ def held_out_identities(recipe, data):
     return list(data.identities), f"all {len(data.identities)} identities of {data.name} (none seen in training)"
 
 
+def held_out_sample(recipe, data, max_images_per_identity=None, seed=0):
+    """What a calibration of this bundle embeds of `data`: (identity names, why those, those
+    identities' LabelledImages, the seeded sample's row indices into it, a note on the sample)."""
+    names, why = held_out_identities(recipe, data)
+    held = data.subset(names)
+    cap, image_note = images_per_identity_cap(list(held.counts().values()), max_images_per_identity)
+    return names, why, held, sample_rows(held.labels, held.forged, cap, seed), image_note
+
+
 def split_dev_eval(names, eval_fraction, seed):
     """Seeded split of identity names into (dev, eval); eval is [] when `eval_fraction` is 0.
 

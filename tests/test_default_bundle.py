@@ -15,7 +15,7 @@ import pytest
 from calibration.calibrate import embed_acquired
 from calibration.metrics import eer
 from calibration.pairs import pair_comparisons
-from calibration.protocol import images_per_identity_cap, sample_rows
+from calibration.protocol import held_out_sample
 from imagesets import load_orl
 from verifier.core.bundle import load_bundle
 from verifier.core.distances import pair_distances
@@ -59,9 +59,7 @@ def test_recorded_eval_metrics_hold_when_recounted(bundle):
 
     data = load_folder(LFW)
     assert data.fingerprint == bundle.calibration["data"]["fingerprint"]
-    held = data.subset(bundle.meta["recipe"]["holdout_identities"])
-    cap, _ = images_per_identity_cap(list(held.counts().values()), IMAGES_PER_PERSON)
-    rows = sample_rows(held.labels, held.forged, cap, seed=0)
+    _, _, held, rows, _ = held_out_sample(bundle.meta["recipe"], data, IMAGES_PER_PERSON, seed=0)
     eval_codes = [held.identities.index(name) for name in bundle.calibration["identities"]["eval"]]
     rows = rows[np.isin(held.labels[rows], eval_codes)]
     embeddings, acquired = embed_acquired(BUNDLE, bundle.meta, [held.images[i] for i in rows])

@@ -43,8 +43,10 @@ DEFAULT_DROPOUT = 0.5
 # README, Products). Mirror averaging (flip_tta) doubles an embedding's cost; the pretrained
 # towers go without by default: for the face ResNet it would cost the service its speed goals
 # (p50 31 -> 56 ms) for lfw-dev's 719 unseen people's eval EER 4.14% -> 3.81% (README).
-TOWER_DEFAULTS = {"imagenet-mobilenetv2": dict(dropout=0.2, augment="flip", epochs=6, learning_rate=3e-3, flip_tta=False),
-                  "face-resnet": dict(flip_tta=False)}
+TOWER_DEFAULTS = {
+    "imagenet-mobilenetv2": dict(dropout=0.2, augment="flip", epochs=6, learning_rate=3e-3, flip_tta=False),
+    "face-resnet": dict(flip_tta=False),
+}
 PRETRAINED_EPOCHS = 0  # fine-tuning epochs for a pretrained tower (0: as it is; see bench/accuracy.py)
 # Fine-tuning the face ResNet pays with many training people and costs with few (bench/accuracy.py,
 # README): lfw-dev folds 1-3, about 600 training people: 3.34% mean EER fine-tuned against 4.34%
