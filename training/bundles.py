@@ -13,7 +13,7 @@ import numpy as np
 
 from calibration.metrics import eer
 from calibration.pairs import pair_comparisons
-from training import face_resnet, imagenet_mobilenet
+from training import face_resnet, imagenet_mobilenet, sface
 from training.baselines import ALIASES, BASELINES
 from training.splits import default_holdout, default_validation, split_identities
 from training.trainer import refit, train
@@ -24,7 +24,9 @@ from verifier.core.faces import detector
 from verifier.core.profiles import preprocess_batch
 
 # towers built from published weights -> where those came from (bundle.json's recipe "pretrained")
-PROVENANCE = {"face-resnet": face_resnet.provenance, "imagenet-mobilenetv2": imagenet_mobilenet.provenance}
+PROVENANCE = {"face-resnet": face_resnet.provenance, "sface": sface.provenance,
+              "face-fusion": lambda: {"face-resnet": face_resnet.provenance(), "sface": sface.provenance()},
+              "imagenet-mobilenetv2": imagenet_mobilenet.provenance}
 
 VALIDATION_PER_IDENTITY = 100
 

@@ -46,6 +46,8 @@ DEFAULT_DROPOUT = 0.5
 TOWER_DEFAULTS = {
     "imagenet-mobilenetv2": dict(dropout=0.2, augment="flip", epochs=6, learning_rate=3e-3, flip_tta=False),
     "face-resnet": dict(flip_tta=False),
+    "sface": dict(flip_tta=False),
+    "face-fusion": dict(flip_tta=False),
 }
 PRETRAINED_EPOCHS = 0  # fine-tuning epochs for a pretrained tower (0: as it is; see bench/accuracy.py)
 # Fine-tuning the face ResNet pays with many training people and costs with few (bench/accuracy.py,
