@@ -30,7 +30,8 @@ aligned once (verifier.core.acquisition; images with no face are failures to acq
 and left out of that model's pairs), then dlib's pretrained ResNet as it is
 (`face-resnet`), and fine-tuned on the fold's training people with triplet or contrastive
 (`face-resnet-triplet`, `face-resnet-contrastive`, settings from --set as for the small
-CNN). `dlib` is face_recognition's own pipeline (bench/dlib_face.py), measured in the same
+CNN); OpenCV Zoo's SFace as it is (`sface`); and the two side by side (`face-fusion` as they
+are, `face-fusion-triplet` with the face ResNet fine-tuned under the fused embedding). `dlib` is face_recognition's own pipeline (bench/dlib_face.py), measured in the same
 run when `dlib-bin` and `face-recognition-models` are installed (requirements-bench.txt).
 The small CNN and the classical baselines keep the `face-small` profile. Other data uses the
 profile its loader names (imagesets: `data.profile`); `--profile NAME` overrides either.
@@ -62,7 +63,10 @@ from verifier.core.embedder import Embedder
 from verifier.core.profiles import get_profile, preprocess_batch
 
 SIAMESE = {"siamese-contrastive": "contrastive", "siamese-triplet": "triplet", "siamese-cosface": "cosface"}
-FACE = {"face-resnet": None, "face-resnet-triplet": "triplet", "face-resnet-contrastive": "contrastive"}
+# face rows: model -> (pretrained tower, fine-tuning loss or None for the tower as it is)
+FACE = {"face-resnet": ("face-resnet", None), "face-resnet-triplet": ("face-resnet", "triplet"),
+        "face-resnet-contrastive": ("face-resnet", "contrastive"), "sface": ("sface", None),
+        "face-fusion": ("face-fusion", None), "face-fusion-triplet": ("face-fusion", "triplet")}
 MODELS = tuple(FACE) + ("dlib",) + tuple(SIAMESE) + tuple(BASELINES)
 
 
@@ -101,16 +105,16 @@ def run_siamese(loss, overrides, data, split, profile, verbose, refit_after=True
         "best_validation_eer": result.best_validation_eer, "refit": fitted.refit_identities is not None}
 
 
-def run_face_resnet(loss, overrides, faces, split, profile, verbose, refit_after=True):
-    """The pretrained face tower as it is (loss None), or fine-tuned on the fold's training people
+def run_face_tower(tower, loss, overrides, faces, split, profile, verbose, refit_after=True):
+    """A pretrained face tower as it is (loss None), or fine-tuned on the fold's training people
     with `python -m training`'s fine-tuning recipe (FINE_TUNE) under `loss`, plus any --set overrides."""
     if loss is None:  # what `python -m training --epochs 0` bundles (mirror-averaged with --set flip_tta=true)
-        _, model = build_model(TrainConfig(**{**overrides, "tower": "face-resnet", "epochs": 0}), profile)
+        _, model = build_model(TrainConfig(**{**overrides, "tower": tower, "epochs": 0}), profile)
         return Embedder(model, profile).embed_batch, 0.0, {}
     overrides = {**FINE_TUNE, "loss": loss, **overrides}
-    config = TrainConfig(**{"tower": "face-resnet", **overrides})
+    config = TrainConfig(**{"tower": tower, **overrides})
     usable = usable_split(faces, split, config.batch_k)  # PK batches need K images a person (LFW: many have one)
-    return run_siamese(loss, {"tower": "face-resnet", **overrides}, faces, usable, profile, verbose, refit_after)
+    return run_siamese(loss, {"tower": tower, **overrides}, faces, usable, profile, verbose, refit_after)
 
 
 def run_dlib(images):
@@ -316,8 +320,8 @@ def fold_embeddings(model, fold, data, faces, profile, args, overrides):
     extra, labels, forged = {}, fold.test.labels, fold.test.forged
     if model in FACE:
         face_profile = chip_profile(get_profile("face"))
-        embed, seconds, extra = run_face_resnet(FACE[model], overrides, faces, fold.split, face_profile,
-                                                args.verbose, args.refit)
+        embed, seconds, extra = run_face_tower(*FACE[model], overrides, faces, fold.split, face_profile,
+                                               args.verbose, args.refit)
         held_faces = faces.subset(fold.held)
         embeddings, metric, labels = embed(preprocess_batch(held_faces.images, face_profile)), \
             "euclidean", held_faces.labels
