@@ -50,6 +50,7 @@ def test_epochs_0_bundles_the_pretrained_towers_as_they_are(faces, sface_weights
     out_text = capsys.readouterr().out
     assert "detected and aligned in 24 of 24 images" in out_text
     assert "face-fusion: 4 training identities with 2+ images (fewer than 200): the tower as it is" in out_text
+    assert "(the pretrained tower as it is: no training)" in out_text
     bundle = load_bundle(out)
     recipe = bundle.meta["recipe"]
     assert bundle.profile.name == "face" and bundle.profile.detector == "mtcnn"

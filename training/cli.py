@@ -171,6 +171,8 @@ def _config(args):
 
 def _wrote(trained):
     recipe = trained.recipe
+    if not recipe["epochs"]:
+        return f"wrote bundle {trained.bundle_id} to {trained.path} (the pretrained tower as it is: no training)"
     best = "n/a" if recipe["best_validation_eer"] is None else f"{100 * recipe['best_validation_eer']:.2f}%"
     how = f", refit on {len(recipe['refit']['identities'])} identities" if recipe["refit"] else ""
     return (f"wrote bundle {trained.bundle_id} to {trained.path} (validation EER {best} at epoch "
