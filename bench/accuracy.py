@@ -31,8 +31,9 @@ and left out of that model's pairs), then dlib's pretrained ResNet as it is
 (`face-resnet`), and fine-tuned on the fold's training people with triplet or contrastive
 (`face-resnet-triplet`, `face-resnet-contrastive`, settings from --set as for the small
 CNN); OpenCV Zoo's SFace as it is (`sface`); and the two side by side (`face-fusion` as they
-are, `face-fusion-triplet` with the face ResNet fine-tuned under the fused embedding). `dlib` is face_recognition's own pipeline (bench/dlib_face.py), measured in the same
-run when `dlib-bin` and `face-recognition-models` are installed (requirements-bench.txt).
+are, `face-fusion-triplet` with the face ResNet fine-tuned under the fused embedding). `dlib`
+is face_recognition's own pipeline (bench/dlib_face.py), measured in the same run when
+`dlib-bin` and `face-recognition-models` are installed (requirements-bench.txt).
 The small CNN and the classical baselines keep the `face-small` profile. Other data uses the
 profile its loader names (imagesets: `data.profile`); `--profile NAME` overrides either.
 """

