@@ -131,6 +131,18 @@ def test_threads_share_a_detector(detector, orl_faces):
     assert got == expected * 4
 
 
+def test_padded_batches_and_cached_shapes_change_no_output(monkeypatch):
+    rnet = FaceDetector()._nets()["rnet"]
+    patches = np.random.default_rng(0).uniform(-1, 1, (3, 24, 24, 3)).astype(np.float32)
+    one_by_one = np.concatenate([rnet(patch[None]) for patch in patches])
+    np.testing.assert_array_equal(rnet(patches), one_by_one)  # run as a batch of 4, one zero patch
+    assert (4, 24, 24, 3) in rnet.by_shape and (3, 24, 24, 3) not in rnet.by_shape
+    monkeypatch.setattr(type(rnet), "MAX_SHAPES", 2)
+    for count in (1, 2, 4, 8):
+        rnet(np.zeros((count, 24, 24, 3), np.float32))
+    assert list(rnet.by_shape) == [(4, 24, 24, 3), (8, 24, 24, 3)]  # the least recently used dropped
+
+
 def test_detection_imports_no_tensorflow():
     code = ("import sys, numpy as np; from verifier.core.faces.detector import FaceDetector; "
             "FaceDetector().detect(np.full((60, 60), 128, np.uint8)); "

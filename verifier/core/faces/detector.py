@@ -19,6 +19,7 @@ few image sizes, see `pyramid`), and the ONet threshold defaults to 0.7 as in th
 paper (the package's default is 0.8).
 """
 
+import collections
 import hashlib
 import itertools
 import json
@@ -92,26 +93,49 @@ def provenance(model_dir=DEFAULT_MODEL_DIR):
 
 
 class _Net:
-    """One net's interpreter for one thread; its input is resized only when the shape changes."""
+    """One net's interpreters for one thread, one per input shape, so that no call re-plans one.
 
-    def __init__(self, interpreter_cls, data, name):
+    Resizing an interpreter's input re-allocates and re-plans it, which cost as much as PNet's
+    run on a small image. PNet sees one shape per pyramid level; RNet's and ONet's batches
+    (the candidate boxes) are padded up to a power of two, so a handful of shapes cover them.
+    At most MAX_SHAPES are kept, the least recently used dropped.
+    """
+
+    MAX_SHAPES = 32
+
+    def __init__(self, interpreter_cls, data, name, pad_batch=False):
+        self.interpreter_cls, self.data, self.name, self.pad_batch = interpreter_cls, data, name, pad_batch
+        self.by_shape = collections.OrderedDict()
+        self.input, self.output = self._load()[1:]  # fail here, at construction, on a broken flatbuffer
+
+    def _load(self):
         try:
-            self.interp = interpreter_cls(model_content=data, num_threads=1)  # tensors: on first call
+            interp = self.interpreter_cls(model_content=self.data, num_threads=1)
         except (ValueError, RuntimeError) as exc:
-            raise BundleError(f"face detector: {name}.tflite could not be loaded: {exc}") from None
-        self.input = self.interp.get_input_details()[0]["index"]
-        self.output = self.interp.get_output_details()[0]["index"]
-        self.shape = None
+            raise BundleError(f"face detector: {self.name}.tflite could not be loaded: {exc}") from None
+        return interp, interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
+
+    def _for_shape(self, shape):
+        interp = self.by_shape.pop(shape, None)
+        if interp is None:
+            interp = self._load()[0]
+            interp.resize_tensor_input(self.input, shape, strict=True)
+            interp.allocate_tensors()
+            while len(self.by_shape) >= self.MAX_SHAPES:
+                self.by_shape.popitem(last=False)
+        self.by_shape[shape] = interp
+        return interp
 
     def __call__(self, batch):
         """float32 batch -> the net's concatenated outputs (a copy)."""
-        if batch.shape != self.shape:
-            self.interp.resize_tensor_input(self.input, batch.shape, strict=True)
-            self.interp.allocate_tensors()
-            self.shape = batch.shape
-        self.interp.set_tensor(self.input, batch)
-        self.interp.invoke()
-        return self.interp.get_tensor(self.output).copy()
+        count = len(batch)
+        if self.pad_batch and count & (count - 1):
+            padding = np.zeros(((1 << count.bit_length()) - count,) + batch.shape[1:], np.float32)
+            batch = np.concatenate([batch, padding])
+        interp = self._for_shape(batch.shape)
+        interp.set_tensor(self.input, batch)
+        interp.invoke()
+        return interp.get_tensor(self.output)[:count].copy()
 
 
 class FaceDetector:
@@ -143,7 +167,7 @@ class FaceDetector:
     def _nets(self):
         nets = getattr(self._local, "nets", None)
         if nets is None:
-            nets = self._local.nets = {name: _Net(self._interpreter_cls, data, name)
+            nets = self._local.nets = {name: _Net(self._interpreter_cls, data, name, pad_batch=name != "pnet")
                                        for name, data in self._models.items()}
         return nets
 
