@@ -164,7 +164,14 @@ def embed_acquired(bundle_dir, meta, images, log=_quiet):
     acquired = acquire(images, profile)
     if acquired.failed:
         log(f"no face found in {len(acquired.failed)} of {len(images)} images (failures to acquire)")
-    return Embedder(load_model(bundle_dir, meta), profile).embed_batch(acquired.inputs), acquired.acquired
+    if "serving" in meta:  # calibrated on the model that serves
+        from verifier.core.scorer import Scorer
+
+        embedder = Scorer.from_bundle(bundle_dir, backend="tflite").embedder
+        log(f"embedding through the bundle's serving model {meta['serving']['file']}")
+    else:
+        embedder = Embedder(load_model(bundle_dir, meta), profile)
+    return embedder.embed_batch(acquired.inputs), acquired.acquired
 
 
 def _failure_to_acquire(acquired, parts):

@@ -51,7 +51,9 @@ def test_epochs_0_bundles_the_pretrained_towers_as_they_are(faces, sface_weights
     assert "detected and aligned in 24 of 24 images" in out_text
     assert "face-fusion: 4 training identities with 2+ images (fewer than 200): the tower as it is" in out_text
     assert "(the pretrained tower as it is: no training)" in out_text
+    assert "int8 serving model shipped in bundle" in out_text  # the pretrained towers' default
     bundle = load_bundle(out)
+    assert bundle.meta["serving"]["representative"]["identities"] == 4
     recipe = bundle.meta["recipe"]
     assert bundle.profile.name == "face" and bundle.profile.detector == "mtcnn"
     assert recipe["tower"] == "face-fusion" and recipe["steps"] == 0 and len(recipe["holdout_identities"]) == 2
@@ -72,7 +74,7 @@ def test_a_tiny_fine_tuning_run_changes_only_the_unfrozen_stages(faces, tmp_path
     out = tmp_path / "tuned"
     assert main(["--data", str(faces), "--holdout-identities", "0", "--validation-identities", "0",
                  "--tower", "face-resnet", "--loss", "triplet", "--epochs", "1", "--steps-per-epoch", "2", "--batch-p", "3",
-                 "--batch-k", "2", "--trainable-stages", "1", "--learning-rate", "1e-3", "--quiet",
+                 "--batch-k", "2", "--trainable-stages", "1", "--learning-rate", "1e-3", "--quiet", "--no-int8",
                  "--out", str(out)]) == 0
     tower = load_bundle(out).model
     backbone = tower.get_layer("face_resnet")
@@ -88,7 +90,7 @@ def test_a_tiny_fine_tuning_run_changes_only_the_unfrozen_stages(faces, tmp_path
 def test_flip_tta_is_there_when_asked_for(faces, tmp_path):
     out = tmp_path / "mirrored"
     assert main(["--data", str(faces), "--holdout-identities", "2", "--tower", "face-resnet", "--epochs", "0",
-                 "--flip-tta", "--quiet", "--out", str(out)]) == 0
+                 "--flip-tta", "--quiet", "--no-int8", "--out", str(out)]) == 0
     bundle = load_bundle(out)
     assert bundle.meta["recipe"]["flip_tta"] is True and bundle.model.name == "face_resnet_tower_flip_tta"
     chip = np.random.default_rng(0).uniform(0, 255, (1, 150, 150, 3)).astype(np.float32)
@@ -109,7 +111,7 @@ def test_fine_tuning_the_fused_tower_leaves_sface_as_it_was(faces, sface_weights
     assert main(["--data", str(faces), "--holdout-identities", "0", "--validation-identities", "0",
                  "--tower", "face-fusion", "--loss", "contrastive", "--epochs", "1", "--steps-per-epoch", "2",
                  "--batch-p", "3", "--batch-k", "2", "--trainable-stages", "1", "--learning-rate", "1e-3",
-                 "--quiet", "--out", str(out)]) == 0
+                 "--quiet", "--no-int8", "--out", str(out)]) == 0
     tower = load_bundle(out).model
     original = build_sface(read_graph(sface_weights), normalized_input=True)
     for layer, before in zip(tower.get_layer("sface").layers, original.layers):

@@ -13,7 +13,7 @@ import numpy as np
 
 from calibration.metrics import eer
 from calibration.pairs import pair_comparisons
-from training import face_resnet, imagenet_mobilenet, sface
+from training import face_resnet, imagenet_mobilenet, quantize, sface
 from training.baselines import ALIASES, BASELINES
 from training.splits import default_holdout, default_validation, split_identities
 from training.trainer import refit, train
@@ -193,14 +193,16 @@ class TrainedBundle:
 
 
 def train_bundle(data, config, split, out, *, profile, metric="euclidean", refit_after=True, spec=None,
-                 checkpoint_dir=None, resume=False, verbose=True, log=_quiet, profile_reason=None):
+                 checkpoint_dir=None, resume=False, verbose=True, log=_quiet, profile_reason=None, int8=False):
     """Acquire faces (face profiles), train on `split` with `config`, refit, and save the bundle to `out`.
 
     data: LabelledImages; spec: how the data was named and profile_reason why `profile` was chosen
     (both recorded in the recipe; the reason defaults to the data's own); checkpoints go to
-    `checkpoint_dir` (default OUT/checkpoint); `log` receives one-line progress messages.
+    `checkpoint_dir` (default OUT/checkpoint); `log` receives one-line progress messages; `int8`
+    ships an int8 serving model quantized on training images (`training.quantize`).
     """
     n_identities = len(data.identities)
+    photos = data
     data = acquire_faces(data, profile, log)
     split = usable_split(data, split, config.batch_k, log)
     inputs_profile = chip_profile(profile)
@@ -217,4 +219,9 @@ def train_bundle(data, config, split, out, *, profile, metric="euclidean", refit
                        resume=resume, identity=identity, verbose=verbose, log=log)
     recipe = bundle_recipe(config, fitted, data, split, profile, spec, profile_reason)
     bundle_id = save_bundle(out, fitted.final.model, profile=profile, metric=metric, recipe=recipe)
+    if int8:
+        representative, check, source = quantize.training_inputs(
+            photos, profile, quantize.trained_identities({"recipe": recipe}), quantize.REPRESENTATIVE_IMAGES,
+            config.seed)
+        bundle_id = quantize.add_int8_serving(out, representative, check, source, log) or bundle_id
     return TrainedBundle(bundle_id, out, recipe, fitted)

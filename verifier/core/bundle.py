@@ -6,6 +6,9 @@
                        all of that, so a changed model.keras means another bundle id
     calibration.json   added by calibration: threshold, policy, confidence map, metrics, the
                        bundle id it was fitted for and its own content hash (calibration_id)
+    model.int8.tflite  optional (`add_serving_model`): an int8 serving model, described in
+                       bundle.json's "serving"; when present, serving and calibration both
+                       embed through it, so decisions are calibrated on the model that serves
 
 Loading checks all three hashes: a file changed after saving is a `BundleError` (503 when
 serving), never a model quietly compared against templates of another. Loading is safe
@@ -22,13 +25,14 @@ from pathlib import Path
 
 from verifier.core import distances
 from verifier.core.errors import BundleError
-from verifier.core.files import file_sha256, replace_with, write_json_atomic
+from verifier.core.files import file_sha256, replace_with, write_bytes_atomic, write_json_atomic
 from verifier.core.profiles import Profile
 
 FORMAT_VERSION = 2
 MODEL_FILE = "model.keras"
 META_FILE = "bundle.json"
 CALIBRATION_FILE = "calibration.json"
+SERVING_FILE = "model.int8.tflite"
 METRICS = tuple(distances.METRICS)
 REQUIRED_KEYS = ("format_version", "bundle_id", "profile", "embedding_size", "metric")
 
@@ -124,6 +128,9 @@ def read_meta(bundle_dir):
     files = meta.get("files")
     if not isinstance(files, dict) or MODEL_FILE not in files:
         raise BundleError(f"bundle.json lacks the sha256 of {MODEL_FILE} ({path})")
+    serving = meta.get("serving")
+    if serving is not None and not (isinstance(serving, dict) and serving.get("file") in files):
+        raise BundleError(f"bundle.json's serving model is not one of the files it lists ({path})")
     if derive_bundle_id(meta) != meta["bundle_id"]:
         raise BundleError(f"bundle.json was edited: its bundle_id {meta['bundle_id']} does not match its "
                           f"content ({derive_bundle_id(meta)}); save or upgrade the bundle again")
@@ -143,6 +150,25 @@ def check_files(bundle_dir, meta):
         if actual != recorded:
             raise BundleError(f"{name} does not match the sha256 in bundle.json: it was changed or replaced "
                               f"after bundle {meta['bundle_id']} was saved ({path})")
+
+
+def add_serving_model(bundle_dir, data, record):
+    """Ship `data` (TFLite bytes) in the bundle as its serving model, described by `record`.
+
+    The file is listed with its sha256 and bundle.json gets `serving` (the record, with the
+    file's name) and a new bundle id; the old calibration is removed, since it was measured on
+    another model. Returns the new bundle id.
+    """
+    path = Path(bundle_dir)
+    meta = read_meta(path)
+    check_files(path, meta)
+    write_bytes_atomic(path / SERVING_FILE, data)
+    new = dict(meta, files=dict(meta["files"], **{SERVING_FILE: hashlib.sha256(data).hexdigest()}),
+               serving=dict(record, file=SERVING_FILE))
+    new["bundle_id"] = derive_bundle_id(new)
+    (path / CALIBRATION_FILE).unlink(missing_ok=True)
+    write_json_atomic(path / META_FILE, new)
+    return new["bundle_id"]
 
 
 def read_calibration(bundle_dir):

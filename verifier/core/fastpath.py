@@ -17,6 +17,11 @@ model.tflite does not hash to its record (substituted, half-copied) is never ser
 rebuilt. Without LiteRT it falls back to `tf.lite.Interpreter`, which works the same but
 imports TensorFlow.
 
+A bundle may instead ship its own serving model (an int8 quantization, see
+`training.quantize`): `shipped_export` reads it from the bundle, whose hashes cover it, and
+its record in bundle.json holds its own embeddings of the probes. It is checked against
+those, within the record's tolerance, since it is not meant to match model.keras to 1e-4.
+
 A conversion that goes wrong does not fail loudly: exporting the un-frozen function
 converts "fine" and then reads uninitialised variables (NaN embeddings). The agreement
 check is what catches such a thing.
@@ -140,8 +145,24 @@ def read_export(bundle, cache_dir=None):
     return data, record
 
 
+def shipped_export(bundle):
+    """(tflite bytes, record) of the serving model the bundle ships (bundle.json "serving"), else None.
+
+    The file's sha256 is in bundle.json's "files", checked when the bundle is loaded.
+    """
+    record = bundle.meta.get("serving")
+    if record is None:
+        return None
+    path = Path(bundle.path) / record["file"]
+    try:
+        return path.read_bytes(), record
+    except OSError as exc:
+        raise BundleError(f"{record['file']} cannot be read ({path}): {exc.strerror}") from None
+
+
 def check_agreement(embedder, record, profile):
-    """Max abs difference between the export's and model.keras's embeddings of the probes."""
+    """Max abs difference between the export's embeddings of the probes and the record's reference
+    (model.keras's for an export of it, the model's own for a shipped serving model)."""
     probes = probe_inputs(profile, record["probe_count"], record["probe_seed"])
     return max_difference(embedder.embed_batch(probes), record["reference"])
 

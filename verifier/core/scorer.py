@@ -57,32 +57,57 @@ class Scorer:
         self.bundle = bundle
         self.embedder = embedder
         self.backend = backend
-        self.agreement = agreement  # max abs embedding difference vs model.keras (None: is model.keras)
+        self.agreement = agreement  # max abs embedding difference vs its reference (None: is model.keras)
         self.warm = False
 
     @classmethod
     def from_bundle(cls, path, *, backend="auto", write_export=True, cache_dir=None):
         """Load a bundle directory (its hashes checked); `backend` "auto" prefers TFLite, else tf.function.
 
-        The export is read from, and written to, `cache_dir` (default: `fastpath.cache_root()`).
+        A bundle that ships its serving model (int8) is served by it, or not at all: its
+        calibration was measured on that model, not on model.keras. Other bundles' exports are
+        read from, and written to, `cache_dir` (default: `fastpath.cache_root()`).
         """
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
         bundle = load_bundle(path, with_model=False)
+        shipped = "serving" in bundle.meta
         if backend != "tf.function":
             try:
                 return cls._tflite(bundle, write_export, cache_dir)
             except Exception as exc:  # any failure of the fast path leaves the safe one
-                if backend == "tflite":
+                if backend == "tflite" or shipped:
                     raise
                 log.warning("TFLite fast path unavailable for bundle %s (%s); using tf.function",
                             bundle.bundle_id, exc)
+        elif shipped:
+            log.warning("bundle %s is calibrated on its %s; tf.function serves model.keras, whose "
+                        "distances differ slightly from it", bundle.bundle_id, bundle.meta["serving"]["file"])
         if bundle.model is None:
             bundle.model = load_model(bundle.path, bundle.meta)
         return cls(bundle, Embedder.from_bundle(bundle), backend="tf.function")
 
     @classmethod
     def _tflite(cls, bundle, write_export, cache_dir):
+        export = fastpath.shipped_export(bundle)
+        reference = "its recorded embeddings"
+        if export is None:
+            export = cls._cached_export(bundle, write_export, cache_dir)
+            reference = "model.keras"
+        data, record = export
+        embedder = fastpath.TFLiteEmbedder(data)
+        diff = fastpath.check_agreement(embedder, record, bundle.profile)
+        tolerance = record.get("tolerance", fastpath.TOLERANCE)
+        if not diff <= tolerance:
+            raise VerifierError(f"TFLite model disagrees with {reference}: max abs embedding "
+                                f"difference {diff:.3g} > {tolerance:g}", code="export_mismatch")
+        log.info("fast path %s agrees with %s: max abs embedding difference %.3g on %d random inputs + a blank",
+                 embedder.name, reference, diff, record["probe_count"])
+        return cls(bundle, embedder, backend=embedder.name, agreement=diff)
+
+    @staticmethod
+    def _cached_export(bundle, write_export, cache_dir):
+        """(tflite bytes, record): the cached export of model.keras, built (and cached) when missing."""
         export = fastpath.read_export(bundle, cache_dir)
         if export is None:
             bundle.model = load_model(bundle.path, bundle.meta)
@@ -94,15 +119,7 @@ class Scorer:
                 except OSError as exc:
                     log.warning("could not write %s into %s (%s); keeping it in memory",
                                 fastpath.TFLITE_FILE, out, exc)
-        data, record = export
-        embedder = fastpath.TFLiteEmbedder(data)
-        diff = fastpath.check_agreement(embedder, record, bundle.profile)
-        if not diff <= fastpath.TOLERANCE:
-            raise VerifierError(f"TFLite export disagrees with model.keras: max abs embedding "
-                                f"difference {diff:.3g} > {fastpath.TOLERANCE:g}", code="export_mismatch")
-        log.info("fast path %s agrees with model.keras: max abs embedding difference %.3g on %d random inputs + a blank",
-                 embedder.name, diff, record["probe_count"])
-        return cls(bundle, embedder, backend=embedder.name, agreement=diff)
+        return export
 
     # -- what the bundle is ----------------------------------------------------------------
 
