@@ -222,3 +222,24 @@ def test_an_export_that_gives_nan_on_a_blank_input_is_not_served(tmp_path):
     scorer = Scorer.from_bundle(tmp_path / "b", cache_dir=tmp_path / "cache")
     assert scorer.backend == "tf.function"
     assert np.isfinite(scorer.embed_inputs(np.zeros((1,) + profile.input_shape, np.float32))).all()
+
+
+def test_an_idle_scorer_spreads_a_requests_images_over_its_threads(calibrated_bundle, keras_reference):
+    import threading
+
+    images, reference = keras_reference
+    serial = Scorer.from_bundle(calibrated_bundle, threads=1)
+    parallel = Scorer.from_bundle(calibrated_bundle, threads=2)
+    np.testing.assert_array_equal(parallel.embed(images), serial.embed(images))
+    ran_on = []
+
+    def where(item):
+        ran_on.append(threading.current_thread().name)
+        return item
+
+    assert parallel._map(where, [1, 2, 3]) == [1, 2, 3]
+    assert all(name.startswith("scorer") for name in ran_on)
+    ran_on.clear()
+    parallel._active = 1  # another request of this process is at work: keep to the caller's thread
+    assert parallel._map(where, [1, 2, 3]) == [1, 2, 3]
+    assert set(ran_on) == {threading.current_thread().name}

@@ -99,27 +99,29 @@ def acquire_dataset(data, profile):
     return kept, [int(i) for i in np.flatnonzero(~keep)]
 
 
-def acquire(images, profile):
-    """Decoded uint8 images -> `Acquired`; images with no face are left out of `inputs`."""
-    inputs = np.empty((len(images),) + profile.input_shape, np.float32)
-    acquired = np.ones(len(images), bool)
-    faces = [None] * len(images)
-    for i, image in enumerate(images):
-        if profile.detector is None:
-            inputs[i] = preprocess(image, profile)
-            continue
-        chip, face = aligned_chip(image, profile)
-        if face is None:
-            acquired[i] = False
-            continue
-        faces[i] = face
-        inputs[i] = preprocess(chip, profile)
-    return Acquired(inputs=inputs[acquired], acquired=acquired, faces=faces)
+def acquire_one(image, profile):
+    """One decoded uint8 image -> (model input, Face), or (None, None) when no face is found."""
+    if profile.detector is None:
+        return preprocess(image, profile), None
+    chip, face = aligned_chip(image, profile)
+    return (None, None) if face is None else (preprocess(chip, profile), face)
 
 
-def acquire_all(images, profile, names=None):
+def acquire(images, profile, map_images=map):
+    """Decoded uint8 images -> `Acquired`; images with no face are left out of `inputs`.
+
+    `map_images(function, images)` runs the per-image work (e.g. a thread pool's `map`).
+    """
+    results = list(map_images(lambda image: acquire_one(image, profile), images))
+    kept = [item for item, _ in results if item is not None]
+    inputs = np.stack(kept) if kept else np.empty((0,) + profile.input_shape, np.float32)
+    acquired = np.array([item is not None for item, _ in results], bool).reshape(len(images))
+    return Acquired(inputs=inputs, acquired=acquired, faces=[face for _, face in results])
+
+
+def acquire_all(images, profile, names=None, map_images=map):
     """Like `acquire`, but every image must give an input: NoFaceFound (422) names the first that did not."""
-    result = acquire(images, profile)
+    result = acquire(images, profile, map_images)
     if result.failed:
         first = result.failed[0]
         name = names[first] if names else f"image {first}"

@@ -15,6 +15,9 @@ bundle embeds but does not decide (503), rather than inventing a threshold.
 
 import logging
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +34,12 @@ from verifier.core.timing import Stopwatch
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "tflite", "tf.function")
+MAX_THREADS = 4  # a scorer's threads for one request's images, at most
+
+
+def default_threads():
+    """One thread per CPU this process may use, at most MAX_THREADS."""
+    return max(1, min(MAX_THREADS, len(os.sched_getaffinity(0))))
 
 
 @dataclass(frozen=True)
@@ -53,16 +62,19 @@ class Rule:
 class Scorer:
     """A bundle ready to embed images and turn distances into decisions."""
 
-    def __init__(self, bundle, embedder, *, backend, agreement=None):
+    def __init__(self, bundle, embedder, *, backend, agreement=None, threads=None):
         self.bundle = bundle
         self.embedder = embedder
         self.backend = backend
         self.agreement = agreement  # max abs embedding difference vs its reference (None: is model.keras)
+        self.threads = threads or default_threads()
         self.warm = False
+        self._pool, self._pool_pid, self._pool_lock, self._active = None, None, threading.Lock(), 0
 
     @classmethod
-    def from_bundle(cls, path, *, backend="auto", write_export=True, cache_dir=None):
-        """Load a bundle directory (its hashes checked); `backend` "auto" prefers TFLite, else tf.function.
+    def from_bundle(cls, path, *, backend="auto", write_export=True, cache_dir=None, threads=None):
+        """Load a bundle directory (its hashes checked); `backend` "auto" prefers TFLite, else tf.function;
+        `threads` for one request's images (default: one per CPU, at most MAX_THREADS).
 
         A bundle that ships its serving model (int8) is served by it, or not at all: its
         calibration was measured on that model, not on model.keras. Other bundles' exports are
@@ -74,7 +86,7 @@ class Scorer:
         shipped = "serving" in bundle.meta
         if backend != "tf.function":
             try:
-                return cls._tflite(bundle, write_export, cache_dir)
+                return cls._tflite(bundle, write_export, cache_dir, threads)
             except Exception as exc:  # any failure of the fast path leaves the safe one
                 if backend == "tflite" or shipped:
                     raise
@@ -85,10 +97,10 @@ class Scorer:
                         "distances differ slightly from it", bundle.bundle_id, bundle.meta["serving"]["file"])
         if bundle.model is None:
             bundle.model = load_model(bundle.path, bundle.meta)
-        return cls(bundle, Embedder.from_bundle(bundle), backend="tf.function")
+        return cls(bundle, Embedder.from_bundle(bundle), backend="tf.function", threads=threads)
 
     @classmethod
-    def _tflite(cls, bundle, write_export, cache_dir):
+    def _tflite(cls, bundle, write_export, cache_dir, threads):
         export = fastpath.shipped_export(bundle)
         reference = "its recorded embeddings"
         if export is None:
@@ -103,7 +115,7 @@ class Scorer:
                                 f"difference {diff:.3g} > {tolerance:g}", code="export_mismatch")
         log.info("fast path %s agrees with %s: max abs embedding difference %.3g on %d random inputs + a blank",
                  embedder.name, reference, diff, record["probe_count"])
-        return cls(bundle, embedder, backend=embedder.name, agreement=diff)
+        return cls(bundle, embedder, backend=embedder.name, agreement=diff, threads=threads)
 
     @staticmethod
     def _cached_export(bundle, write_export, cache_dir):
@@ -150,10 +162,31 @@ class Scorer:
 
     # -- embedding ---------------------------------------------------------------------------
 
+    def _map(self, function, items):
+        """[function(item) for item in items], on the scorer's own threads when there are several
+        items and no other request of this process is at work: LiteRT lets go of the GIL while a
+        model runs, so an idle worker detects and embeds a pair's two images at once, while a busy
+        one keeps to one thread a request (threads would only contend for the same cores). The
+        pool is made in the process that uses it, never inherited across a fork."""
+        items = list(items)
+        with self._pool_lock:
+            self._active += 1
+            alone = self._active == 1
+            if alone and self.threads > 1 and len(items) > 1 and self._pool_pid != os.getpid():
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="scorer")
+                self._pool_pid = os.getpid()
+        try:
+            if alone and self.threads > 1 and len(items) > 1:
+                return list(self._pool.map(function, items))
+            return [function(item) for item in items]
+        finally:
+            with self._pool_lock:
+                self._active -= 1
+
     def acquire(self, images, names=None):
         """Decoded uint8 images -> `Acquired` model inputs (faces detected and aligned where the
         profile asks); 422 `no_face` naming the first image without a face."""
-        return acquire_all(images, self.profile, names)
+        return acquire_all(images, self.profile, names, map_images=self._map)
 
     def embed(self, images, names=None):
         """Decoded uint8 images -> (N, D) float32 embeddings, with the bundle's preprocessing."""
@@ -163,7 +196,8 @@ class Scorer:
         """Preprocessed model inputs -> (N, D) float32 embeddings."""
         if len(inputs) == 0:
             return np.zeros((0, int(self.bundle.meta["embedding_size"])), np.float32)
-        return np.asarray(self.embedder.embed_batch(inputs), np.float32)
+        chunks = np.array_split(inputs, min(self.threads, len(inputs)))
+        return np.concatenate(self._map(self.embedder.embed_batch, chunks)).astype(np.float32, copy=False)
 
     def warm_up(self):
         """Run the sizes requests use (one pair, a small batch) once, so the first request is not slow."""
