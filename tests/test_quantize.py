@@ -157,3 +157,13 @@ def test_quantizing_needs_the_data_the_bundle_was_trained_on(float_bundle, tmp_p
         folder.rename(other / f"stranger-{folder.name}")
     assert quantize.main(["--bundle", str(float_bundle), "--data", str(other)]) == 2
     assert "none of the bundle's training identities is in" in capsys.readouterr().err
+
+
+def test_there_is_no_float_export_to_make_for_it(int8_bundle, tmp_path, monkeypatch, capsys):
+    from verifier.cli.main import main as verifier_main
+    from verifier.core import fastpath
+
+    monkeypatch.setenv(fastpath.CACHE_ENV, str(tmp_path))
+    assert verifier_main(["export", "--bundle", str(int8_bundle)]) == 0
+    assert "ships its own serving model (model.int8.tflite): nothing to export" in capsys.readouterr().out
+    assert not any(tmp_path.iterdir())

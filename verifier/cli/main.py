@@ -100,6 +100,9 @@ def cmd_export(args):
         print(f"upgraded {args.bundle} to bundle format {FORMAT_VERSION}: bundle id {upgraded[0]} -> {upgraded[1]} "
               f"(templates enrolled under {upgraded[0]} need `python -m verifier reembed`)", file=sys.stderr)
     bundle = load_bundle(args.bundle)
+    if fastpath.shipped_export(bundle) is not None:
+        print(f"{args.bundle} ships its own serving model ({bundle.meta['serving']['file']}): nothing to export")
+        return 0
     data, record = fastpath.build_export(bundle)
     if not record["max_abs_diff"] <= fastpath.TOLERANCE:
         raise VerifierError(f"the TFLite export disagrees with model.keras (max abs embedding difference "
@@ -119,13 +122,14 @@ def cmd_export(args):
 def _ensure_export(bundle_dir):
     """Export the fast path into the cache in a child process if it lacks a current one for the bundle.
 
-    Workers can then serve with LiteRT alone; doing it here, in a separate process, keeps
+    A bundle that ships its serving model needs none. Workers can then serve with LiteRT alone; doing it here, in a separate process, keeps
     TensorFlow out of the gunicorn master. A read-only cache is fine: workers convert in memory.
     """
     from verifier.core import fastpath
     from verifier.core.bundle import load_bundle
 
-    if fastpath.read_export(load_bundle(bundle_dir, with_model=False)) is not None:
+    bundle = load_bundle(bundle_dir, with_model=False)
+    if "serving" in bundle.meta or fastpath.read_export(bundle) is not None:
         return
     print(f"exporting the TFLite fast path of {bundle_dir} (first start)...", file=sys.stderr, flush=True)
     done = subprocess.run([sys.executable, "-m", "verifier", "export", "--bundle", str(bundle_dir)])
