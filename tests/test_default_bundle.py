@@ -99,3 +99,17 @@ def test_shipped_files_match_their_recorded_hashes(bundle):
     assert bundle.meta["format_version"] == 2
     assert bundle.meta["files"]["model.keras"] == file_sha256(BUNDLE / "model.keras")
     assert bundle.bundle_id == derive_bundle_id(bundle.meta) == bundle.calibration["bundle_id"]
+    assert bundle.meta["files"]["model.int8.tflite"] == file_sha256(BUNDLE / "model.int8.tflite")
+
+
+def test_it_serves_and_was_calibrated_on_its_int8_model(bundle):
+    """The int8 serving model, quantized on training people's images, is what serves and what calibration measured."""
+    serving = bundle.meta["serving"]
+    assert serving["file"] == "model.int8.tflite" and serving["representative"]["of"] == "training identities"
+    assert serving["agreement_with_model_keras"]["mean_cosine"] >= 0.98
+    scorer = Scorer.from_bundle(BUNDLE, write_export=False)
+    assert scorer.backend.startswith("tflite") and scorer.agreement <= serving["tolerance"]
+    chips = np.random.default_rng(0).uniform(0, 255, (2, 150, 150, 3)).astype(np.float32)
+    served = scorer.embed_inputs(chips)
+    float32 = np.asarray(bundle.model(chips, training=False))
+    assert not np.allclose(served, float32, atol=1e-4)  # not model.keras: its int8 quantization
