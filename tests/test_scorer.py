@@ -240,6 +240,6 @@ def test_an_idle_scorer_spreads_a_requests_images_over_its_threads(calibrated_bu
     assert parallel._map(where, [1, 2, 3]) == [1, 2, 3]
     assert all(name.startswith("scorer") for name in ran_on)
     ran_on.clear()
-    parallel._active = 1  # another request of this process is at work: keep to the caller's thread
+    parallel._active = 2  # another request of this process is at work: keep to the caller's thread
     assert parallel._map(where, [1, 2, 3]) == [1, 2, 3]
     assert set(ran_on) == {threading.current_thread().name}

@@ -59,6 +59,9 @@ SETTINGS = {
     "MAX_PIXELS": ("VERIFIER_MAX_PIXELS", images.MAX_PIXELS, int),  # one decoded image
     "MAX_REQUEST_PIXELS": ("VERIFIER_MAX_REQUEST_PIXELS", 16 * images.MAX_PIXELS, int),  # all images of a request
     "MAX_BATCH_PAIRS": ("VERIFIER_MAX_BATCH_PAIRS", 64, int),
+    # Threads a worker's scorer spreads one request's images over while it has no other at work;
+    # 0: one per CPU, at most 4. 1 keeps every request on its own thread.
+    "SCORER_THREADS": ("VERIFIER_SCORER_THREADS", 0, int),
     "DATABASE_URL": ("DATABASE_URL", None, str),  # enrollment store; None: the store's default
     "KEEP_IMAGES": ("VERIFIER_KEEP_IMAGES", False, flag),  # keep enrolled images for `reembed`
     # Which routes need an API key once keys exist: `all` (enrollment, /v1/verify*, /metrics)

@@ -13,6 +13,7 @@ with model.keras:
 bundle embeds but does not decide (503), rather than inventing a threshold.
 """
 
+import contextlib
 import logging
 import math
 import os
@@ -162,6 +163,17 @@ class Scorer:
 
     # -- embedding ---------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _at_work(self):
+        """Count one request of this process at work on the scorer, for `_map` to see."""
+        with self._pool_lock:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._pool_lock:
+                self._active -= 1
+
     def _map(self, function, items):
         """[function(item) for item in items], on the scorer's own threads when there are several
         items and no other request of this process is at work: LiteRT lets go of the GIL while a
@@ -170,18 +182,13 @@ class Scorer:
         pool is made in the process that uses it, never inherited across a fork."""
         items = list(items)
         with self._pool_lock:
-            self._active += 1
-            alone = self._active == 1
-            if alone and self.threads > 1 and len(items) > 1 and self._pool_pid != os.getpid():
+            parallel = self._active <= 1 and self.threads > 1 and len(items) > 1
+            if parallel and self._pool_pid != os.getpid():
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="scorer")
                 self._pool_pid = os.getpid()
-        try:
-            if alone and self.threads > 1 and len(items) > 1:
-                return list(self._pool.map(function, items))
-            return [function(item) for item in items]
-        finally:
-            with self._pool_lock:
-                self._active -= 1
+        if parallel:
+            return list(self._pool.map(function, items))
+        return [function(item) for item in items]
 
     def acquire(self, images, names=None):
         """Decoded uint8 images -> `Acquired` model inputs (faces detected and aligned where the
@@ -190,7 +197,8 @@ class Scorer:
 
     def embed(self, images, names=None):
         """Decoded uint8 images -> (N, D) float32 embeddings, with the bundle's preprocessing."""
-        return self.embed_inputs(self.acquire(images, names).inputs)
+        with self._at_work():
+            return self.embed_inputs(self.acquire(images, names).inputs)
 
     def embed_inputs(self, inputs):
         """Preprocessed model inputs -> (N, D) float32 embeddings."""
@@ -246,10 +254,11 @@ class Scorer:
         """
         rule = self.rule(threshold=threshold, target_fmr=target_fmr)
         clock = Stopwatch()
-        acquired = self.acquire(list(images_a) + list(images_b), names)
-        clock.lap("acquire")
-        embeddings = self.embed_inputs(acquired.inputs)
-        clock.lap("embed")
+        with self._at_work():
+            acquired = self.acquire(list(images_a) + list(images_b), names)
+            clock.lap("acquire")
+            embeddings = self.embed_inputs(acquired.inputs)
+            clock.lap("embed")
         n = len(images_a)
         decisions = rule.decide(pair_distances(embeddings[:n], embeddings[n:], self.metric))
         clock.lap("decide")

@@ -31,9 +31,10 @@ class UnknownModality(VerifierError):
 class LazyScorer:
     """Loads one modality's scorer once, under a lock, and remembers a load failure for /readyz."""
 
-    def __init__(self, bundle_path, modality=None):
+    def __init__(self, bundle_path, modality=None, threads=None):
         self.bundle_path = bundle_path
         self.modality = modality
+        self.threads = threads  # for one request's images; None: one per CPU (Scorer's default)
         self.scorer = None
         self.error = None
         self._lock = threading.Lock()
@@ -46,7 +47,7 @@ class LazyScorer:
                     from verifier.core.scorer import Scorer  # TensorFlow stays out of gunicorn's master
 
                     try:
-                        self.scorer = Scorer.from_bundle(self.bundle_path).warm_up()
+                        self.scorer = Scorer.from_bundle(self.bundle_path, threads=self.threads).warm_up()
                         self.error = None
                     except VerifierError as exc:
                         self.error = exc
@@ -68,7 +69,8 @@ class Scorers:
 
     def init_app(self, app):
         bundles = settings.bundles(str(app.config["VERIFIER_BUNDLE"]))
-        self.holders = {name: LazyScorer(path, name) for name, path in bundles.items()}
+        threads = app.config["SCORER_THREADS"] or None
+        self.holders = {name: LazyScorer(path, name, threads) for name, path in bundles.items()}
         app.extensions[SCORERS] = self
 
     @property
