@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from verifier.core.acquisition import chip_profile
+from verifier.core.acquisition import acquire_dataset, chip_profile
 from verifier.core.bundle import add_serving_model, check_files, load_model, read_meta
 from verifier.core.errors import DatasetError, VerifierError
 from verifier.core.fastpath import PROBE_COUNT, PROBE_SEED, TFLiteEmbedder, probe_inputs
@@ -105,8 +105,6 @@ def quantize(model, profile, representative, check, source):
 def training_inputs(data, profile, names, count, seed):
     """(representative inputs, check inputs, their source): up to `count` each, seeded and disjoint,
     from the images of the identities `names`, detected and aligned as serving does."""
-    from training.bundles import acquire_faces
-
     names = [name for name in names if name in data.identities]
     if not names:
         raise DatasetError(f"none of the bundle's training identities is in {data.name}: quantize with the "
@@ -115,7 +113,9 @@ def training_inputs(data, profile, names, count, seed):
     rows = np.sort(np.random.default_rng([seed, 8]).permutation(len(subset))[:2 * count])
     sample = dataclasses.replace(subset, images=[subset.images[i] for i in rows], labels=subset.labels[rows],
                                  forged=subset.forged[rows])
-    inputs = preprocess_batch(acquire_faces(sample, profile).images, chip_profile(profile))
+    if profile.detector:
+        sample, _ = acquire_dataset(sample, profile)
+    inputs = preprocess_batch(sample.images, chip_profile(profile))
     if len(inputs) < 2:
         raise DatasetError(f"too few usable images of the training identities to quantize ({len(inputs)})")
     half = min(count, (len(inputs) + 1) // 2)
