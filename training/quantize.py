@@ -29,7 +29,7 @@ import numpy as np
 from verifier.core.acquisition import acquire_dataset, chip_profile
 from verifier.core.bundle import add_serving_model, check_files, load_model, read_meta
 from verifier.core.errors import DatasetError, VerifierError
-from verifier.core.fastpath import PROBE_COUNT, PROBE_SEED, TFLiteEmbedder, probe_inputs
+from verifier.core.fastpath import PROBE_COUNT, PROBE_SEED, TFLiteEmbedder, converter, probe_inputs
 from verifier.core.profiles import Profile, preprocess_batch
 
 REPRESENTATIVE_IMAGES = 200  # images whose activations set the int8 ranges (as many again check them)
@@ -67,16 +67,11 @@ def for_int8(model):
 def convert_int8(model, profile, representative):
     """model.keras tower -> int8 TFLite bytes; activation ranges from `representative` inputs."""
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    rewritten = for_int8(model)
-    spec = tf.TensorSpec((None,) + profile.input_shape, tf.float32)
-    forward = tf.function(lambda x: rewritten(x, training=False), input_signature=[spec])
-    frozen = convert_variables_to_constants_v2(forward.get_concrete_function())
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], rewritten)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([x[None]] for x in np.asarray(representative, np.float32))
-    return converter.convert()
+    int8 = converter(for_int8(model), profile)
+    int8.optimizations = [tf.lite.Optimize.DEFAULT]
+    int8.representative_dataset = lambda: ([x[None]] for x in np.asarray(representative, np.float32))
+    return int8.convert()
 
 
 def cosines(a, b):

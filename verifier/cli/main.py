@@ -122,8 +122,9 @@ def cmd_export(args):
 def _ensure_export(bundle_dir):
     """Export the fast path into the cache in a child process if it lacks a current one for the bundle.
 
-    A bundle that ships its serving model needs none. Workers can then serve with LiteRT alone; doing it here, in a separate process, keeps
-    TensorFlow out of the gunicorn master. A read-only cache is fine: workers convert in memory.
+    A bundle that ships its serving model needs none. Workers can then serve with LiteRT alone;
+    doing it here, in a separate process, keeps TensorFlow out of the gunicorn master. A
+    read-only cache is fine: workers convert in memory.
     """
     from verifier.core import fastpath
     from verifier.core.bundle import load_bundle

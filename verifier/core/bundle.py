@@ -10,7 +10,7 @@
                        bundle.json's "serving"; when present, serving and calibration both
                        embed through it, so decisions are calibrated on the model that serves
 
-Loading checks all three hashes: a file changed after saving is a `BundleError` (503 when
+Loading checks every hash: a file changed after saving is a `BundleError` (503 when
 serving), never a model quietly compared against templates of another. Loading is safe
 (JSON and Keras `safe_mode`, no pickle) and every failure is a `BundleError` saying what is
 wrong, never a traceback from deep inside Keras. Format 1 (no file hashes) is upgraded in

@@ -81,15 +81,20 @@ def max_difference(a, b):
     return float(np.abs(a - b).max()) if a.size else 0.0
 
 
-def convert(model, profile):
-    """model.keras tower -> TFLite flatbuffer bytes, via a frozen fixed-signature concrete function."""
+def converter(model, profile):
+    """A `tf.lite.TFLiteConverter` of the tower's frozen fixed-signature concrete function."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     spec = tf.TensorSpec((None,) + profile.input_shape, tf.float32)
     forward = tf.function(lambda x: model(x, training=False), input_signature=[spec])
     frozen = convert_variables_to_constants_v2(forward.get_concrete_function())
-    return tf.lite.TFLiteConverter.from_concrete_functions([frozen], model).convert()
+    return tf.lite.TFLiteConverter.from_concrete_functions([frozen], model)
+
+
+def convert(model, profile):
+    """model.keras tower -> float32 TFLite flatbuffer bytes."""
+    return converter(model, profile).convert()
 
 
 def build_export(bundle):
