@@ -120,11 +120,19 @@ def colour_centres(channels, bins):
     return grid.reshape(-1, channels).astype(np.float32)
 
 
-def soft_colour_histogram(image, bins, name="colour"):
+def soft_colour_histogram(image, bins, side=None, name="colour"):
     """A differentiable colour histogram of a [0, 1] image, in built-in layers: each pixel's
     softmax over -beta * |pixel - centre|^2 (a 1x1 convolution, since |pixel|^2 is the same
-    for every centre), averaged over the image."""
+    for every centre), averaged over the image.
+
+    side: average-pool the image first to about side x side pixels, so that bins^3 memberships
+    a pixel stay cheap (at 40 px the histogram's EER on grocery moved by 0.3 points, see the
+    README's Products section); None keeps every pixel.
+    """
     channels = image.shape[-1]
+    pool = max(1, int(image.shape[1]) // side) if side else 1
+    if pool > 1:
+        image = keras.layers.AveragePooling2D(pool, name=f"{name}_pool")(image)
     centres = colour_centres(channels, bins)
     beta = 2.0 * bins ** 2  # a soft bin about as wide as a hard one
     conv = keras.layers.Conv2D(len(centres), 1, trainable=False, name=f"{name}_bins")

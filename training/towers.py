@@ -1,5 +1,6 @@
-"""Embedding towers: image -> L2-normalised embedding, built from built-in Keras layers only
-(bundles are loaded with safe_mode=True, so no Lambda and no custom layers).
+"""Embedding towers: image -> L2-normalised embedding, built from built-in Keras layers and the
+project's registered ones (`verifier.core.layers`; bundles are loaded with safe_mode=True, so
+no Lambda).
 
     small              a compact VGG-style CNN with BatchNorm, a spatial (flatten) head and
                        dropout; trains on 2 CPU cores in minutes (the default)
@@ -7,8 +8,9 @@
                        profile's channels (a larger option)
     imagenet-mobilenetv2
                        MobileNetV2's ImageNet weights (training.imagenet_mobilenet), frozen,
-                       read at four depths, beside a soft colour histogram; a learnt head
-                       (products and other photos; `--trainable-stages` opens the last blocks)
+                       read at four depths, beside a soft colour histogram; a head fitted by
+                       shrinkage LDA (training.heads) or learnt (products and other photos;
+                       `--trainable-stages` opens the last blocks)
     face-resnet        dlib's pretrained face ResNet (training.face_resnet) on the face
                        profile's aligned 150x150 RGB chips, with a projection head that
                        starts as the identity; fine-tuned from there (or used as it is)
@@ -24,7 +26,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from verifier.core.layers import safe_unit_normalization
+from verifier.core.layers import safe_unit_normalization, square_root
 
 TOWERS = ("small", "ink", "gradients", "mobilenetv3small", "imagenet-mobilenetv2", "face-resnet", "sface",
           "face-fusion")
@@ -137,9 +139,12 @@ def mobilenetv3small(input_shape, embedding_size, dropout=0.2):
     return keras.Model(inputs, outputs, name="mobilenetv3small_tower")
 
 
-def imagenet_mobilenetv2(input_shape, embedding_size, trainable_stages=0, dropout=0.2, colour_bins=4):
+def imagenet_mobilenetv2(input_shape, embedding_size, trainable_stages=0, dropout=0.2, colour_bins=8,
+                         colour_side=40):
     """Spatial averages of four depths of the pretrained MobileNetV2 and a soft colour
-    histogram, each L2-normalised, then a learnt Dense projection.
+    histogram (bins^3 colours of the image pooled to about colour_side px, square-rooted),
+    each of unit length, then a Dense projection: learnt with the loss, or fitted in closed
+    form (`training.heads`, the default for this tower).
 
     Off the shelf no single depth beats a plain colour histogram on unseen grocery products,
     while the depths and the histogram together, with a metric learnt on other products, did
@@ -156,8 +161,9 @@ def imagenet_mobilenetv2(input_shape, embedding_size, trainable_stages=0, dropou
     taps = backbone(layers.Rescaling(2.0, offset=-1.0, name="to_signed")(rgb))
     pooled = [safe_unit_normalization(name=f"tap{i}_norm")(layers.GlobalAveragePooling2D(name=f"tap{i}_avg")(tap))
               for i, tap in enumerate(taps)]
-    colour = soft_colour_histogram(inputs, colour_bins if channels == 3 else 16)
-    x = layers.Concatenate(name="features")(pooled + [safe_unit_normalization(name="colour_norm")(colour)])
+    colour = soft_colour_histogram(inputs, colour_bins if channels == 3 else 16, colour_side)
+    hellinger = square_root(name="colour_sqrt")(colour)  # unit length already: the histogram sums to 1
+    x = layers.Concatenate(name="features")(pooled + [hellinger])
     x = layers.Dropout(dropout, name="dropout")(x)
     x = layers.Dense(embedding_size, name="embedding")(x)
     outputs = safe_unit_normalization(name="l2")(x)

@@ -30,9 +30,22 @@ def custom_objects():
         def get_config(self):
             return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon}
 
-    return {"verifier>SafeUnitNormalization": SafeUnitNormalization}
+    @keras.saving.register_keras_serializable(package="verifier")
+    class SquareRoot(keras.layers.Layer):
+        """Elementwise square root of a non-negative input (negatives count as 0): a histogram's
+        square root, under which cosine similarity is the Bhattacharyya coefficient (Hellinger)."""
+
+        def call(self, x):
+            return keras.ops.sqrt(keras.ops.maximum(x, 0.0))
+
+    return {"verifier>SafeUnitNormalization": SafeUnitNormalization, "verifier>SquareRoot": SquareRoot}
 
 
 def safe_unit_normalization(**kwargs):
     """A SafeUnitNormalization layer (see `custom_objects`)."""
     return custom_objects()["verifier>SafeUnitNormalization"](**kwargs)
+
+
+def square_root(**kwargs):
+    """A SquareRoot layer (see `custom_objects`)."""
+    return custom_objects()["verifier>SquareRoot"](**kwargs)
