@@ -133,12 +133,15 @@ def fit_tower(config, data, split, profile, *, validation=None, refit_after=True
                    checkpoint_dir=checkpoint_dir, resume=resume, identity=identity, verbose=verbose, **val)
     baselines = validation_baselines(inputs, labels, val) if val else {}
     del inputs
-    if not (refit_after and result.best_validation_eer is not None):
+    learnt_from_data = result.best_epoch or config.head == "lda"  # else the tower as it is: nothing to refit
+    if not (refit_after and result.best_validation_eer is not None and learnt_from_data):
         return Fitted(result, result, None, baselines)
     names = split.train + split.validation
     images, labels = training_images(data.subset(names), config.forgery_classes)
-    log(f"refit: training again on all {len(names)} training and validation identities for the "
-        f"{result.best_epoch} epochs early stopping chose (--no-refit keeps the early-stopped model)")
+    how = (f"for the {result.best_epoch} epochs early stopping chose" if result.best_epoch
+           else f"fitting the {config.head} head")
+    log(f"refit: training again on all {len(names)} training and validation identities, {how} "
+        "(--no-refit keeps the early-stopped model)")
     # keyed by the epoch count: a resume whose early stopping chose differently starts a fresh refit
     final = refit(config, result, preprocess_batch(images, profile), labels, profile,
                   checkpoint_dir=checkpoint_dir / f"refit-{result.best_epoch}" if checkpoint_dir else None,

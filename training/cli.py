@@ -16,10 +16,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from imagesets import load_dataset
 from training.augment import LEVELS
 from training.bundles import default_split, train_bundle
+from training.heads import HEADS, LDA_MIN_IDENTITIES
 from training.splits import parse_holdout
 from training.towers import PRETRAINED, TOWERS, default_tower
-from training.trainer import (DEFAULT_DROPOUT, DEFAULT_MINING, FINE_TUNE, FINE_TUNE_MIN_IDENTITIES, LOSSES, MINING,
-                              TrainConfig, pretrained_defaults)
+from training.trainer import (DEFAULT_DROPOUT, DEFAULT_MINING, FINE_TUNE, FINE_TUNE_MIN_IDENTITIES, LOSSES,
+                              MINING, TOWER_DEFAULTS, TrainConfig, pretrained_defaults)
 from verifier.core.bundle import METRICS
 from verifier.core.errors import DatasetError, VerifierError
 from verifier.core.profiles import PROFILES, get_profile
@@ -57,8 +58,13 @@ def build_parser():
     model.add_argument("--soft-margin", action="store_true", help="triplet: softplus instead of a hinge")
     model.add_argument("--tower", choices=TOWERS, default=None,
                        help="default: face-resnet (pretrained) for the face profiles, gradients for signatures, "
-                            "imagenet-mobilenetv2 (pretrained, frozen, learnt head) for product and product-grey, "
+                            "imagenet-mobilenetv2 (pretrained, frozen, LDA head) for product and product-grey, "
                             "small otherwise")
+    model.add_argument("--head", choices=HEADS, default=None,
+                       help="the projection head: learnt with the loss, or fitted in closed form by shrinkage "
+                            f"LDA of the tower's features (needs {LDA_MIN_IDENTITIES}+ training identities; no "
+                            "epochs unless --epochs is given); default: lda for imagenet-mobilenetv2 from "
+                            f"{LDA_MIN_IDENTITIES} training identities with 2+ images, learnt otherwise")
     model.add_argument("--trainable-stages", type=int, default=None,
                        help="pretrained towers: how many of the backbone's last stages fine-tuning may "
                             f"change (0: frozen backbone, only the projection head learns; default: "
@@ -75,7 +81,8 @@ def build_parser():
                             "serving cost; never for profiles that forbid flips)")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=None,
-                     help="default: 20 for cosface, 10 for the other losses, 6 for imagenet-mobilenetv2; "
+                     help="default: 20 for cosface, 10 for the other losses, 0 with an LDA head (6 for "
+                          "imagenet-mobilenetv2's learnt head); "
                           f"face-resnet: {FINE_TUNE['epochs']} (fine-tuning, with the other settings of the "
                           f"fine-tuning recipe) from {FINE_TUNE_MIN_IDENTITIES} training identities with 2+ "
                           "images, else 0, which writes a bundle of the tower as it is")
@@ -117,19 +124,26 @@ RECIPE_SETTINGS = ("loss", "epochs", "trainable_stages", "batch_p", "batch_k")
 
 
 def _fill_defaults(args, data, split):
-    """Settings not given take the recipe's: for a pretrained tower, fine-tuning or the tower as
-    it is by how many training identities have 2+ images (`pretrained_defaults`); returns a line
-    saying which, or None for a tower trained from scratch."""
-    chosen, usable = {}, None
-    if args.tower in PRETRAINED:
-        counts = data.counts()
-        usable = sum(counts[name] >= 2 for name in split.train)
-        chosen = pretrained_defaults(usable)
+    """Settings not given take the recipe's, by how many training identities have 2+ images: for
+    a pretrained face tower, fine-tuning or the tower as it is (`pretrained_defaults`); for a
+    tower whose head is fitted by LDA, that head or, with too few identities, a learnt one.
+    Returns a line saying which, or None for a tower trained from scratch."""
+    counts = data.counts()
+    usable = sum(counts[name] >= 2 for name in split.train)
+    head_line = None
+    if args.head is None and TOWER_DEFAULTS.get(args.tower, {}).get("head") == "lda":
+        args.head = "lda" if usable >= LDA_MIN_IDENTITIES else "learnt"
+        head_line = (f"{args.tower}: {usable} training identities with 2+ images: "
+                     + ("an LDA head, fitted in closed form" if args.head == "lda" else
+                        f"fewer than {LDA_MIN_IDENTITIES} for an LDA head: a head learnt with the loss"))
+        if args.head == "lda" and args.loss and not args.epochs:
+            head_line += f" (--loss {args.loss} trains only with --epochs N or --head learnt)"
+    chosen = pretrained_defaults(usable) if args.tower in PRETRAINED else {}
     for name in RECIPE_SETTINGS:
         if getattr(args, name) is None:  # epochs left None: the loss's or tower's own (TrainConfig)
             setattr(args, name, chosen.get(name, None if name == "epochs" else getattr(DEFAULTS, name)))
-    if usable is None:
-        return None
+    if args.tower not in PRETRAINED:
+        return head_line
     side = "at least" if usable >= FINE_TUNE_MIN_IDENTITIES else "fewer than"
     how = (f"fine-tuned for {args.epochs} epochs, {args.loss}, {args.trainable_stages} trainable stages"
            if args.epochs else "the tower as it is (--epochs N fine-tunes it)")
@@ -139,10 +153,10 @@ def _fill_defaults(args, data, split):
 def _check_positive(args):
     for name in ("epochs", "steps_per_epoch", "batch_p", "batch_k", "embedding_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
-            if name == "epochs" and args.epochs == 0 and args.tower in PRETRAINED:
-                continue  # a bundle of the pretrained tower as it is
+            if name == "epochs" and args.epochs == 0 and (args.tower in PRETRAINED or args.head == "lda"):
+                continue  # a bundle of the pretrained tower as it is, or of its fitted head
             raise DatasetError(f"--{name.replace('_', '-')} must be at least 1"
-                               + (" (0 only with a pretrained tower)" if name == "epochs" else ""))
+                               + (" (0 only with a pretrained tower or --head lda)" if name == "epochs" else ""))
     if args.batch_p < 2 and args.loss != "contrastive":
         raise DatasetError("--batch-p must be at least 2: in-batch mining needs other identities")
     if args.batch_k < 2:
@@ -164,7 +178,7 @@ def _load(spec, strict):
 
 def _config(args):
     return TrainConfig(loss=args.loss, mining=args.mining, margin=args.margin, soft_margin=args.soft_margin,
-                       scale=args.scale, tower=args.tower, trainable_stages=args.trainable_stages,
+                       scale=args.scale, tower=args.tower, head=args.head, trainable_stages=args.trainable_stages,
                        embedding_size=args.embedding_size, dropout=args.dropout,
                        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_p=args.batch_p,
                        batch_k=args.batch_k, patience=args.patience, learning_rate=args.learning_rate,
@@ -174,10 +188,13 @@ def _config(args):
 
 def _wrote(trained):
     recipe = trained.recipe
-    if not recipe["epochs"]:
-        return f"wrote bundle {trained.bundle_id} to {trained.path} (the pretrained tower as it is: no training)"
     best = "n/a" if recipe["best_validation_eer"] is None else f"{100 * recipe['best_validation_eer']:.2f}%"
     how = f", refit on {len(recipe['refit']['identities'])} identities" if recipe["refit"] else ""
+    if not recipe["epochs"] and recipe["hyperparameters"]["head"] == "lda":
+        return (f"wrote bundle {trained.bundle_id} to {trained.path} (the head fitted by LDA, no epochs: "
+                f"validation EER {best}{how}, {trained.fitted.seconds:.0f} s)")
+    if not recipe["epochs"]:
+        return f"wrote bundle {trained.bundle_id} to {trained.path} (the pretrained tower as it is: no training)"
     return (f"wrote bundle {trained.bundle_id} to {trained.path} (validation EER {best} at epoch "
             f"{recipe['best_epoch']}, the best of the schedule's second half{how}, {trained.fitted.seconds:.0f} s)")
 

@@ -1,0 +1,139 @@
+"""The LDA head: the discriminant fitted in closed form, put into a tower's Dense layer, chosen
+by the CLI for the pretrained generic tower by how many identities there are."""
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+from calibration.metrics import eer
+from tests.test_imagenet_mobilenet import _weights_like
+from training import imagenet_mobilenet as im
+from training.cli import main
+from training.heads import LDA_MIN_IDENTITIES, HeadError, fit_lda_head, head_layer, lda_projection
+from training.towers import build_tower
+from training.trainer import ConfigError, TrainConfig, TrainingError, train
+from verifier.core.bundle import load_bundle
+from verifier.core.profiles import get_profile
+
+
+def _clustered(identities=12, per_identity=30, dims=40, seed=0):
+    """Features whose identities differ along 11 directions, under noise 3x larger along the other 29."""
+    signal = 11
+    centres = np.zeros((identities, dims))
+    centres[:, :signal] = np.random.default_rng(0).normal(0, 1, (identities, signal))
+    labels = np.repeat(np.arange(identities), per_identity)
+    noise = np.random.default_rng(seed + 1).normal(0, 1, (len(labels), dims))
+    return centres[labels] + noise * np.r_[np.full(signal, 0.1), np.full(dims - signal, 3.0)], labels
+
+
+def _eer(embeddings, labels):
+    """EER of all pairs' cosine distances."""
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    distances = 1 - unit @ unit.T
+    upper = np.triu_indices(len(labels), 1)
+    same = (labels[:, None] == labels[None])[upper]
+    return eer(distances[upper][same], distances[upper][~same]).value
+
+
+def test_the_discriminant_finds_the_directions_that_tell_identities_apart():
+    features, labels = _clustered()
+    kernel, bias = lda_projection(features, labels, units=16)
+    assert kernel.shape == (40, 16) and bias.shape == (16,) and kernel.dtype == np.float32
+    assert not kernel[:, 11:].any()  # 12 identities: 11 directions, the other columns 0
+    embedded = features @ kernel + bias
+    np.testing.assert_allclose(embedded.mean(axis=0), 0, atol=1e-4)  # centred on the training mean
+    centred = features - features.mean(axis=0)
+    assert _eer(embedded, labels) < 0.3 * _eer(centred, labels)  # here 7% against 47%
+    held_out, held_labels = _clustered(seed=1)  # new noise: the directions generalise
+    assert _eer(held_out @ kernel + bias, held_labels) < 0.3 * _eer(held_out - features.mean(axis=0), held_labels)
+
+
+def test_too_few_identities_for_a_discriminant_is_a_clear_error():
+    features, labels = _clustered(identities=LDA_MIN_IDENTITIES - 1)
+    with pytest.raises(HeadError, match=f"at least {LDA_MIN_IDENTITIES} training identities, not 9.*--head learnt"):
+        lda_projection(features, labels, units=8)
+
+
+def test_the_head_is_fitted_in_the_towers_embedding_layer_and_nothing_else_changes():
+    tower = build_tower("small", (28, 28, 1), 16, 0.3)
+    rng = np.random.default_rng(0)
+    images = rng.random((60, 28, 28, 1)).astype(np.float32)
+    labels = np.repeat(np.arange(12), 5)
+    before = {w.path: w.numpy().copy() for w in tower.weights}
+    fit_lda_head(tower, images, labels)
+    changed = {path for path, value in before.items()
+               if not np.array_equal(value, next(w for w in tower.weights if w.path == path).numpy())}
+    assert changed == {w.path for w in head_layer(tower).weights}
+    embeddings = tower.predict(images, verbose=0)
+    assert np.isfinite(embeddings).all() and np.allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-5)
+
+
+def test_a_tower_without_an_embedding_layer_has_no_lda_head():
+    inputs = keras.Input((4,))
+    tower = keras.Model(inputs, keras.layers.Dense(2, name="projection")(inputs), name="other")
+    with pytest.raises(HeadError, match="no Dense `embedding` layer"):
+        head_layer(tower)
+
+
+def test_the_generic_tower_defaults_to_the_lda_head_and_no_epochs():
+    config = TrainConfig(tower="imagenet-mobilenetv2")
+    assert (config.head, config.epochs) == ("lda", 0)
+    learnt = TrainConfig(tower="imagenet-mobilenetv2", head="learnt")
+    assert (learnt.head, learnt.epochs, learnt.learning_rate) == ("learnt", 6, 3e-3)
+    assert TrainConfig().head == "learnt" and TrainConfig(head="lda", epochs=3).epochs == 3
+    with pytest.raises(ConfigError, match="unknown head 'pca'"):
+        TrainConfig(head="pca")
+
+
+def test_training_with_an_lda_head_and_too_few_identities_stops_with_the_reason():
+    profile = get_profile("small-grey")
+    images = np.random.default_rng(0).random((20, 28, 28, 1)).astype(np.float32)
+    with pytest.raises(TrainingError, match="LDA head needs at least"):
+        train(TrainConfig(head="lda"), images, np.repeat(np.arange(4), 5), profile, verbose=False)
+
+
+@pytest.fixture
+def products(tmp_path, monkeypatch):
+    """A folder of 12 products, 4 colour photos each (a colour and a shape per product), and
+    the generic tower's weights replaced by random ones under the package's names."""
+    monkeypatch.setattr(im, "fetch", lambda: (None, None))
+    monkeypatch.setattr(im, "read_weights", lambda *_: _weights_like((160, 160, 3)))
+    rng = np.random.default_rng(0)
+    root = tmp_path / "products"
+    for item in range(12):
+        colour = rng.integers(0, 256, 3).tolist()
+        folder = root / f"item{item:02d}"
+        folder.mkdir(parents=True)
+        for shot in range(4):
+            image = np.full((64, 64, 3), 255, np.uint8)
+            centre = tuple(int(v) for v in rng.integers(24, 40, 2))
+            cv2.circle(image, centre, 8 + item, colour, -1)
+            cv2.imwrite(str(folder / f"{shot}.png"), image)
+    return root
+
+
+def test_the_cli_fits_an_lda_head_for_products_and_refits_it_on_every_training_identity(products, tmp_path,
+                                                                                       capsys):
+    out = tmp_path / "bundle"
+    assert main(["--data", str(products), "--profile", "product", "--holdout-identities", "0",
+                 "--validation-identities", "2", "--loss", "triplet", "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert ("imagenet-mobilenetv2: 10 training identities with 2+ images: an LDA head, fitted in closed form "
+            "(--loss triplet trains only with --epochs N or --head learnt)") in printed
+    assert "refit: training again on all 12 training and validation identities, fitting the lda head" in printed
+    assert "(the head fitted by LDA, no epochs: validation EER " in printed
+    bundle = load_bundle(out)  # safe mode: the square-rooted histogram is a registered layer
+    recipe = bundle.meta["recipe"]
+    assert (recipe["hyperparameters"]["head"], recipe["epochs"], len(recipe["refit"]["identities"])) == ("lda", 0, 12)
+    assert recipe["best_validation_eer"] is not None
+
+
+def test_with_fewer_identities_the_cli_learns_the_head_instead(products, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    assert main(["--data", str(products), "--profile", "product", "--holdout-identities", "4",
+                 "--validation-identities", "2", "--epochs", "1", "--steps-per-epoch", "2", "--batch-p", "3",
+                 "--batch-k", "2", "--quiet", "--no-refit", "--out", str(out)]) == 0
+    assert (f"6 training identities with 2+ images: fewer than {LDA_MIN_IDENTITIES} for an LDA head: a head "
+            "learnt with the loss") in capsys.readouterr().out
+    assert load_bundle(out).meta["recipe"]["hyperparameters"]["head"] == "learnt"
