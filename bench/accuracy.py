@@ -35,7 +35,10 @@ are, `face-fusion-triplet` with the face ResNet fine-tuned under the fused embed
 is face_recognition's own pipeline (bench/dlib_face.py), measured in the same run when
 `dlib-bin` and `face-recognition-models` are installed (requirements-bench.txt).
 The small CNN and the classical baselines keep the `face-small` profile. Other data uses the
-profile its loader names (imagesets: `data.profile`); `--profile NAME` overrides either.
+profile its loader names (imagesets: `data.profile`); `--profile NAME` overrides either. On the
+generic tower (product photos, colour thumbnails) the `siamese-*` rows fit the head that
+`python -m training` would (LDA from 10 training identities, else whitening: no epochs, so the
+loss does not enter); `--set head=learnt` trains it with the loss instead.
 """
 
 import argparse
@@ -58,7 +61,7 @@ from calibration.pairs import pair_comparisons
 from imagesets import LabelledImages, load_dataset
 from training.bundles import default_split, fit_tower, usable_split
 from training.towers import default_tower
-from training.trainer import FINE_TUNE, TrainConfig, build_model
+from training.trainer import FINE_TUNE, TrainConfig, build_model, default_head
 from verifier.core.acquisition import acquire_dataset, chip_profile
 from verifier.core.embedder import Embedder
 from verifier.core.profiles import get_profile, preprocess_batch
@@ -97,7 +100,11 @@ def parse_overrides(items):
 def run_siamese(loss, overrides, data, split, profile, verbose, refit_after=True):
     """Train one loss with its own default recipe (training.trainer), plus any --set overrides,
     then (as `python -m training` does) refit on the training and validation identities together."""
-    config = TrainConfig(**{"loss": loss, "tower": default_tower(profile.name), **overrides})
+    settings = {"loss": loss, "tower": default_tower(profile.name), **overrides}
+    if "head" not in settings:  # a tower with a fitted head: the one python -m training would choose
+        counts = data.counts()
+        settings["head"] = default_head(settings["tower"], sum(counts[name] >= 2 for name in split.train))
+    config = TrainConfig(**settings)
     fitted = fit_tower(config, data, split, profile, validation=data.subset(split.validation),
                        refit_after=refit_after, verbose=verbose)
     result = fitted.training

@@ -1,5 +1,6 @@
-"""The LDA head: the discriminant fitted in closed form, put into a tower's Dense layer, chosen
-by the CLI for the pretrained generic tower by how many identities there are."""
+"""The heads fitted in closed form (LDA, whitening): each projection on features, put into a
+tower's Dense layer, chosen by the CLI for the pretrained generic tower by how many identities
+there are."""
 
 import cv2
 import keras
@@ -10,7 +11,8 @@ from calibration.metrics import eer
 from tests.test_imagenet_mobilenet import _weights_like
 from training import imagenet_mobilenet as im
 from training.cli import main
-from training.heads import LDA_MIN_IDENTITIES, HeadError, fit_lda_head, head_layer, lda_projection
+from training.heads import (LDA_MIN_IDENTITIES, HeadError, fit_head, fitted_head, head_layer, lda_projection,
+                            whitening_projection)
 from training.towers import build_tower
 from training.trainer import ConfigError, TrainConfig, TrainingError, train
 from verifier.core.bundle import load_bundle
@@ -51,8 +53,42 @@ def test_the_discriminant_finds_the_directions_that_tell_identities_apart():
 
 def test_too_few_identities_for_a_discriminant_is_a_clear_error():
     features, labels = _clustered(identities=LDA_MIN_IDENTITIES - 1)
-    with pytest.raises(HeadError, match=f"at least {LDA_MIN_IDENTITIES} training identities, not 9.*--head learnt"):
+    with pytest.raises(HeadError, match=f"at least {LDA_MIN_IDENTITIES} training identities, not 9.*--head whiten"):
         lda_projection(features, labels, units=8)
+
+
+def _nuisance(identities, per_identity=30, dims=20, seed=0):
+    """Features of identities apart in every direction, whose own images vary 5x more along 4 of them."""
+    centres = np.random.default_rng(seed).normal(0, 1, (identities, dims))
+    labels = np.repeat(np.arange(identities), per_identity)
+    noise = np.random.default_rng(seed + 1).normal(0, 1, (len(labels), dims))
+    return centres[labels] + noise * np.r_[np.full(4, 5.0), np.full(dims - 4, 0.3)], labels
+
+
+def test_whitening_discounts_the_directions_an_identitys_own_images_vary_in_from_two_identities():
+    features, labels = _nuisance(identities=3)
+    kernel, bias = whitening_projection(features, labels, units=16)
+    assert kernel.shape == (20, 16) and bias.shape == (16,) and kernel.dtype == np.float32
+    embedded = features @ kernel + bias
+    np.testing.assert_allclose(embedded.mean(axis=0), 0, atol=1e-4)
+    held_out, held_labels = _nuisance(identities=12, seed=1)  # identities the fit never saw
+    centred = held_out - features.mean(axis=0)
+    assert _eer(held_out @ kernel + bias, held_labels) < 0.7 * _eer(centred, held_labels)  # here 26% against 42%
+    # more units than feature dimensions: the rest are 0
+    kernel, _ = whitening_projection(features[:, :8], labels, units=16)
+    assert kernel.shape == (8, 16) and kernel[:, :8].any() and not kernel[:, 8:].any()
+
+
+def test_whitening_needs_two_identities_whose_images_vary():
+    features, labels = _clustered(identities=2)
+    with pytest.raises(HeadError, match="at least 2 training identities"):
+        whitening_projection(features, np.zeros_like(labels), units=8)
+    with pytest.raises(HeadError, match="do not vary"):
+        whitening_projection(np.repeat(features[:2], 5, axis=0), np.repeat([0, 1], 5), units=8)
+
+
+def test_the_closed_form_head_is_lda_from_enough_identities_and_whitening_below():
+    assert [fitted_head(n) for n in (2, LDA_MIN_IDENTITIES - 1, LDA_MIN_IDENTITIES)] == ["whiten", "whiten", "lda"]
 
 
 def test_the_head_is_fitted_in_the_towers_embedding_layer_and_nothing_else_changes():
@@ -61,7 +97,7 @@ def test_the_head_is_fitted_in_the_towers_embedding_layer_and_nothing_else_chang
     images = rng.random((60, 28, 28, 1)).astype(np.float32)
     labels = np.repeat(np.arange(12), 5)
     before = {w.path: w.numpy().copy() for w in tower.weights}
-    fit_lda_head(tower, images, labels)
+    fit_head(tower, images, labels, "lda")
     changed = {path for path, value in before.items()
                if not np.array_equal(value, next(w for w in tower.weights if w.path == path).numpy())}
     assert changed == {w.path for w in head_layer(tower).weights}
@@ -129,11 +165,21 @@ def test_the_cli_fits_an_lda_head_for_products_and_refits_it_on_every_training_i
     assert recipe["best_validation_eer"] is not None
 
 
-def test_with_fewer_identities_the_cli_learns_the_head_instead(products, tmp_path, capsys):
+def test_with_fewer_identities_the_cli_fits_a_whitening_head_instead(products, tmp_path, capsys):
     out = tmp_path / "bundle"
     assert main(["--data", str(products), "--profile", "product", "--holdout-identities", "4",
+                 "--validation-identities", "2", "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert (f"6 training identities with 2+ images: fewer than {LDA_MIN_IDENTITIES} for an LDA head: a whitening "
+            "head, fitted in closed form") in printed
+    assert "(the head fitted by whitening, no epochs: validation EER " in printed
+    recipe = load_bundle(out).meta["recipe"]
+    assert (recipe["hyperparameters"]["head"], recipe["epochs"], len(recipe["refit"]["identities"])) == ("whiten", 0, 8)
+
+
+def test_a_learnt_head_is_still_there_for_the_asking(products, tmp_path):
+    out = tmp_path / "bundle"
+    assert main(["--data", str(products), "--profile", "product", "--holdout-identities", "4", "--head", "learnt",
                  "--validation-identities", "2", "--epochs", "1", "--steps-per-epoch", "2", "--batch-p", "3",
                  "--batch-k", "2", "--quiet", "--no-refit", "--out", str(out)]) == 0
-    assert (f"6 training identities with 2+ images: fewer than {LDA_MIN_IDENTITIES} for an LDA head: a head "
-            "learnt with the loss") in capsys.readouterr().out
     assert load_bundle(out).meta["recipe"]["hyperparameters"]["head"] == "learnt"

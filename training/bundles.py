@@ -15,6 +15,7 @@ from calibration.metrics import eer
 from calibration.pairs import pair_comparisons
 from training import face_resnet, imagenet_mobilenet, quantize, sface
 from training.baselines import ALIASES, BASELINES
+from training.heads import FITTED_HEADS
 from training.splits import default_holdout, default_validation, split_identities
 from training.trainer import refit, train
 from verifier.core.acquisition import acquire_dataset, chip_profile
@@ -133,7 +134,7 @@ def fit_tower(config, data, split, profile, *, validation=None, refit_after=True
                    checkpoint_dir=checkpoint_dir, resume=resume, identity=identity, verbose=verbose, **val)
     baselines = validation_baselines(inputs, labels, val) if val else {}
     del inputs
-    learnt_from_data = result.best_epoch or config.head == "lda"  # else the tower as it is: nothing to refit
+    learnt_from_data = result.best_epoch or config.head in FITTED_HEADS  # else the tower as it is: nothing to refit
     if not (refit_after and result.best_validation_eer is not None and learnt_from_data):
         return Fitted(result, result, None, baselines)
     names = split.train + split.validation

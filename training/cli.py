@@ -16,11 +16,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from imagesets import load_dataset
 from training.augment import LEVELS
 from training.bundles import default_split, train_bundle
-from training.heads import HEADS, LDA_MIN_IDENTITIES
+from training.heads import FITTED_HEADS, HEADS, LDA_MIN_IDENTITIES
 from training.splits import parse_holdout
 from training.towers import PRETRAINED, TOWERS, default_tower
 from training.trainer import (DEFAULT_DROPOUT, DEFAULT_MINING, FINE_TUNE, FINE_TUNE_MIN_IDENTITIES, LOSSES,
-                              MINING, TOWER_DEFAULTS, TrainConfig, pretrained_defaults)
+                              MINING, TrainConfig, default_head, pretrained_defaults)
 from verifier.core.bundle import METRICS
 from verifier.core.errors import DatasetError, VerifierError
 from verifier.core.profiles import PROFILES, get_profile
@@ -58,13 +58,15 @@ def build_parser():
     model.add_argument("--soft-margin", action="store_true", help="triplet: softplus instead of a hinge")
     model.add_argument("--tower", choices=TOWERS, default=None,
                        help="default: face-resnet (pretrained) for the face profiles, gradients for signatures, "
-                            "imagenet-mobilenetv2 (pretrained, frozen, LDA head) for product and product-grey, "
+                            "imagenet-mobilenetv2 (pretrained, frozen, a fitted head) for product, product-grey "
+                            "and small-colour, "
                             "small otherwise")
     model.add_argument("--head", choices=HEADS, default=None,
-                       help="the projection head: learnt with the loss, or fitted in closed form by shrinkage "
-                            f"LDA of the tower's features (needs {LDA_MIN_IDENTITIES}+ training identities; no "
-                            "epochs unless --epochs is given); default: lda for imagenet-mobilenetv2 from "
-                            f"{LDA_MIN_IDENTITIES} training identities with 2+ images, learnt otherwise")
+                       help="the projection head: learnt with the loss, or fitted in closed form from the "
+                            f"tower's features by shrinkage LDA (needs {LDA_MIN_IDENTITIES}+ training identities) "
+                            "or by whitening how an identity's images vary (2+); no epochs unless --epochs is "
+                            "given; default: for imagenet-mobilenetv2 lda from "
+                            f"{LDA_MIN_IDENTITIES} training identities with 2+ images, else whiten; learnt otherwise")
     model.add_argument("--trainable-stages", type=int, default=None,
                        help="pretrained towers: how many of the backbone's last stages fine-tuning may "
                             f"change (0: frozen backbone, only the projection head learns; default: "
@@ -81,7 +83,7 @@ def build_parser():
                             "serving cost; never for profiles that forbid flips)")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=None,
-                     help="default: 20 for cosface, 10 for the other losses, 0 with an LDA head (6 for "
+                     help="default: 20 for cosface, 10 for the other losses, 0 with a fitted head (6 for "
                           "imagenet-mobilenetv2's learnt head); "
                           f"face-resnet: {FINE_TUNE['epochs']} (fine-tuning, with the other settings of the "
                           f"fine-tuning recipe) from {FINE_TUNE_MIN_IDENTITIES} training identities with 2+ "
@@ -126,17 +128,18 @@ RECIPE_SETTINGS = ("loss", "epochs", "trainable_stages", "batch_p", "batch_k")
 def _fill_defaults(args, data, split):
     """Settings not given take the recipe's, by how many training identities have 2+ images: for
     a pretrained face tower, fine-tuning or the tower as it is (`pretrained_defaults`); for a
-    tower whose head is fitted by LDA, that head or, with too few identities, a learnt one.
+    tower whose head is fitted in closed form, LDA or, with fewer identities, whitening.
     Returns a line saying which, or None for a tower trained from scratch."""
     counts = data.counts()
     usable = sum(counts[name] >= 2 for name in split.train)
     head_line = None
-    if args.head is None and TOWER_DEFAULTS.get(args.tower, {}).get("head") == "lda":
-        args.head = "lda" if usable >= LDA_MIN_IDENTITIES else "learnt"
+    fitted = default_head(args.tower, usable) if args.head is None else None
+    if fitted:
+        args.head = fitted
         head_line = (f"{args.tower}: {usable} training identities with 2+ images: "
                      + ("an LDA head, fitted in closed form" if args.head == "lda" else
-                        f"fewer than {LDA_MIN_IDENTITIES} for an LDA head: a head learnt with the loss"))
-        if args.head == "lda" and args.loss and not args.epochs:
+                        f"fewer than {LDA_MIN_IDENTITIES} for an LDA head: a whitening head, fitted in closed form"))
+        if args.loss and not args.epochs:
             head_line += f" (--loss {args.loss} trains only with --epochs N or --head learnt)"
     chosen = pretrained_defaults(usable) if args.tower in PRETRAINED else {}
     for name in RECIPE_SETTINGS:
@@ -153,10 +156,11 @@ def _fill_defaults(args, data, split):
 def _check_positive(args):
     for name in ("epochs", "steps_per_epoch", "batch_p", "batch_k", "embedding_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
-            if name == "epochs" and args.epochs == 0 and (args.tower in PRETRAINED or args.head == "lda"):
+            if name == "epochs" and args.epochs == 0 and (args.tower in PRETRAINED or args.head in FITTED_HEADS):
                 continue  # a bundle of the pretrained tower as it is, or of its fitted head
             raise DatasetError(f"--{name.replace('_', '-')} must be at least 1"
-                               + (" (0 only with a pretrained tower or --head lda)" if name == "epochs" else ""))
+                               + (" (0 only with a pretrained tower or a fitted head: --head lda or whiten)"
+                                  if name == "epochs" else ""))
     if args.batch_p < 2 and args.loss != "contrastive":
         raise DatasetError("--batch-p must be at least 2: in-batch mining needs other identities")
     if args.batch_k < 2:
@@ -190,9 +194,11 @@ def _wrote(trained):
     recipe = trained.recipe
     best = "n/a" if recipe["best_validation_eer"] is None else f"{100 * recipe['best_validation_eer']:.2f}%"
     how = f", refit on {len(recipe['refit']['identities'])} identities" if recipe["refit"] else ""
-    if not recipe["epochs"] and recipe["hyperparameters"]["head"] == "lda":
-        return (f"wrote bundle {trained.bundle_id} to {trained.path} (the head fitted by LDA, no epochs: "
-                f"validation EER {best}{how}, {trained.fitted.seconds:.0f} s)")
+    head = recipe["hyperparameters"]["head"]
+    if not recipe["epochs"] and head in FITTED_HEADS:
+        return (f"wrote bundle {trained.bundle_id} to {trained.path} (the head fitted by "
+                f"{'LDA' if head == 'lda' else 'whitening'}, no epochs: validation EER {best}{how}, "
+                f"{trained.fitted.seconds:.0f} s)")
     if not recipe["epochs"]:
         return f"wrote bundle {trained.bundle_id} to {trained.path} (the pretrained tower as it is: no training)"
     return (f"wrote bundle {trained.bundle_id} to {trained.path} (validation EER {best} at epoch "

@@ -20,7 +20,7 @@ from calibration.metrics import eer
 from calibration.pairs import pair_comparisons
 from training import losses, miners, reducers
 from training.augment import augmentation_for
-from training.heads import HEADS, HeadError, fit_lda_head
+from training.heads import FITTED_HEADS, HEADS, HeadError, fit_head, fitted_head
 from training.pipeline import training_batches
 from training.samplers import PairSampler, PKSampler
 from training.towers import PRETRAINED, build_tower, with_flip_average
@@ -39,8 +39,9 @@ DEFAULT_EMBEDDING = {"contrastive": 64, "triplet": 64, "npair": 64, "cosface": 1
 DEFAULT_AUGMENT = {"contrastive": "none", "triplet": "none", "npair": "none", "cosface": "robust"}
 DEFAULT_EPOCHS = {"contrastive": 10, "triplet": 10, "npair": 10, "cosface": 20}
 DEFAULT_DROPOUT = 0.5
-# imagenet-mobilenetv2, a frozen pretrained backbone: its head is fitted by shrinkage LDA
-# (training.heads; no epochs), what measured best on unseen grocery classes (README, Products);
+# imagenet-mobilenetv2, a frozen pretrained backbone: its head is fitted in closed form
+# (training.heads; no epochs), what measured best on unseen grocery classes (README, Products):
+# LDA, or with fewer than LDA_MIN_IDENTITIES training identities whitening (`fitted_head`);
 # learnt instead (--head learnt): light dropout, mirror images only, a short schedule at a
 # higher rate. Mirror averaging (flip_tta) doubles an embedding's cost; the pretrained
 # towers go without by default: for the face ResNet it would cost the service its speed goals
@@ -65,6 +66,13 @@ def pretrained_defaults(n_identities):
     training identities with two images or more: FINE_TUNE from FINE_TUNE_MIN_IDENTITIES on,
     else the tower as it is (no epochs)."""
     return dict(FINE_TUNE) if n_identities >= FINE_TUNE_MIN_IDENTITIES else {"epochs": PRETRAINED_EPOCHS}
+
+
+def default_head(tower, n_identities):
+    """The head `tower` takes where none is asked for, for `n_identities` training identities
+    with two images or more: the closed-form one that fits them (`training.heads.fitted_head`)
+    for a tower whose head is fitted by default, else None (TrainConfig's own)."""
+    return fitted_head(n_identities) if TOWER_DEFAULTS.get(tower, {}).get("head") in FITTED_HEADS else None
 
 
 class TrainingError(VerifierError):
@@ -98,7 +106,7 @@ class TrainConfig:
     temperature: float = 0.2  # npair only
     scale: float = 30.0  # cosface only: inverse softmax temperature
     tower: str = "small"
-    head: str | None = None  # None: the tower's own (TOWER_DEFAULTS), else "learnt"; "lda": training.heads
+    head: str | None = None  # None: the tower's own (TOWER_DEFAULTS), else "learnt"; "lda", "whiten": training.heads
     trainable_stages: int = 0  # pretrained towers: how many of the last backbone stages may change
     embedding_size: int | None = None  # None: DEFAULT_EMBEDDING[loss] (pretrained towers: their own)
     dropout: float | None = None  # None: the tower's own (TOWER_DEFAULTS), else DEFAULT_DROPOUT
@@ -137,7 +145,7 @@ class TrainConfig:
             self.augment = own.get("augment", DEFAULT_AUGMENT[self.loss])
         if self.flip_tta is None:
             self.flip_tta = own.get("flip_tta", True)
-        if self.epochs is None and self.head == "lda":
+        if self.epochs is None and self.head in FITTED_HEADS:
             self.epochs = 0  # the head is fitted, not trained; --epochs N trains on from it
         if self.epochs is None:
             self.epochs = PRETRAINED_EPOCHS if self.tower in PRETRAINED else own.get("epochs", DEFAULT_EPOCHS[self.loss])
@@ -387,9 +395,9 @@ def train(config, train_images, train_labels, profile, *, val_images=None, val_l
     miner, loss = build_miner(config), build_loss(config, extra)
     tower, model = build_model(config, profile)
     head_start = time.perf_counter()
-    if config.head == "lda":
+    if config.head in FITTED_HEADS:
         try:
-            fit_lda_head(tower, train_images, train_labels)
+            fit_head(tower, train_images, train_labels, config.head)
         except HeadError as exc:
             raise TrainingError(str(exc)) from None
     head_seconds = time.perf_counter() - head_start  # the fit counts as training time
