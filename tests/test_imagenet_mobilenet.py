@@ -106,7 +106,7 @@ def test_the_soft_colour_histogram_puts_a_colour_in_its_own_bin():
     assert np.allclose(centres[histogram.argmax()], [0.875, 0.125, 0.125]) and histogram.max() > 0.5
 
 
-def test_the_tower_takes_grey_and_colour_input_and_gives_unit_embeddings(monkeypatch):
+def test_the_tower_takes_grey_and_colour_thumbnails_and_gives_unit_embeddings(monkeypatch):
     monkeypatch.setattr(im, "fetch", lambda: (None, None))
     monkeypatch.setattr(im, "read_weights", lambda *_: _weights_like((48, 48, 3)))
     rng = np.random.default_rng(0)
@@ -117,3 +117,4 @@ def test_the_tower_takes_grey_and_colour_input_and_gives_unit_embeddings(monkeyp
         blank = tower.predict(np.zeros((1,) + shape, np.float32), verbose=0)
         assert np.isfinite(blank).all()
         assert {w.path.split("/")[0] for w in tower.trainable_weights} == {"embedding"}  # the backbone is frozen
+        assert tower.get_layer("upsample").output.shape == (None, 160, 160, 3)  # thumbnails: for the backbone

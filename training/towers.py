@@ -8,9 +8,9 @@ no Lambda).
                        profile's channels (a larger option)
     imagenet-mobilenetv2
                        MobileNetV2's ImageNet weights (training.imagenet_mobilenet), frozen,
-                       read at four depths, beside a soft colour histogram; a head fitted by
-                       shrinkage LDA (training.heads) or learnt (products and other photos;
-                       `--trainable-stages` opens the last blocks)
+                       read at four depths, beside a soft colour histogram; a head fitted in
+                       closed form (training.heads) or learnt (products, other photos and
+                       colour thumbnails; `--trainable-stages` opens the last blocks)
     face-resnet        dlib's pretrained face ResNet (training.face_resnet) on the face
                        profile's aligned 150x150 RGB chips, with a projection head that
                        starts as the identity; fine-tuned from there (or used as it is)
@@ -34,7 +34,8 @@ PRETRAINED = {"face-resnet": 128, "sface": 128, "face-fusion": 256}  # pretraine
 # the tower each profile trains by default: pretrained where weights for the kind of image exist,
 # and for signatures a fixed oriented-gradient front end with a learnt head (README, Signatures)
 DEFAULT_TOWER = {"face": "face-fusion", "face-chip": "face-fusion", "signature": "gradients",
-                 "product": "imagenet-mobilenetv2", "product-grey": "imagenet-mobilenetv2"}
+                 "product": "imagenet-mobilenetv2", "product-grey": "imagenet-mobilenetv2",
+                 "small-colour": "imagenet-mobilenetv2"}
 
 
 def default_tower(profile_name):
@@ -139,12 +140,18 @@ def mobilenetv3small(input_shape, embedding_size, dropout=0.2):
     return keras.Model(inputs, outputs, name="mobilenetv3small_tower")
 
 
+# thumbnails smaller than this (CIFAR's 32 px) are upsampled to UPSAMPLE_TO for the backbone,
+# whose deeper blocks would otherwise see a single pixel
+UPSAMPLE_BELOW, UPSAMPLE_TO = 96, 160
+
+
 def imagenet_mobilenetv2(input_shape, embedding_size, trainable_stages=0, dropout=0.2, colour_bins=8,
                          colour_side=40):
     """Spatial averages of four depths of the pretrained MobileNetV2 and a soft colour
     histogram (bins^3 colours of the image pooled to about colour_side px, square-rooted),
     each of unit length, then a Dense projection: learnt with the loss, or fitted in closed
-    form (`training.heads`, the default for this tower).
+    form (`training.heads`, the default for this tower). Thumbnails are upsampled
+    (bilinear) for the backbone only.
 
     Off the shelf no single depth beats a plain colour histogram on unseen grocery products,
     while the depths and the histogram together, with a metric learnt on other products, did
@@ -156,7 +163,11 @@ def imagenet_mobilenetv2(input_shape, embedding_size, trainable_stages=0, dropou
     channels = input_shape[-1]
     inputs = keras.Input(input_shape, name="image")  # [0, 1] (a "unit" profile)
     rgb = inputs if channels == 3 else layers.Concatenate(name="grey_to_rgb")([inputs] * 3)
-    backbone = build_backbone(read_weights(*fetch()), tuple(input_shape[:2]) + (3,))
+    side = tuple(input_shape[:2])
+    if min(side) < UPSAMPLE_BELOW:
+        side = tuple(UPSAMPLE_TO * s // min(side) for s in side)
+        rgb = layers.Resizing(*side, interpolation="bilinear", name="upsample")(rgb)
+    backbone = build_backbone(read_weights(*fetch()), side + (3,))
     set_trainable_blocks(backbone, trainable_stages)
     taps = backbone(layers.Rescaling(2.0, offset=-1.0, name="to_signed")(rgb))
     pooled = [safe_unit_normalization(name=f"tap{i}_norm")(layers.GlobalAveragePooling2D(name=f"tap{i}_avg")(tap))
