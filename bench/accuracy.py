@@ -173,7 +173,7 @@ def add_protocol_arguments(p):
     p.add_argument("--per-class", type=int, default=200,
                    help="seeded sample of at most N images of each identity, before the folds (0: all)")
     p.add_argument("--profile", default=None,
-                   help="preprocessing profile of the small CNN and the baselines "
+                   help="preprocessing profile of the siamese-* models and the baselines "
                         "(default: the data's own; face photos: face-small)")
     p.add_argument("--models", default=",".join(MODELS),
                    help=f"comma list of: {', '.join(MODELS)} (pca: eigenfaces by its general name)")

@@ -13,8 +13,8 @@ from training import imagenet_mobilenet as im
 from training.cli import main
 from training.heads import (LDA_MIN_IDENTITIES, HeadError, fit_head, fitted_head, head_layer, lda_projection,
                             whitening_projection)
-from training.towers import build_tower
-from training.trainer import ConfigError, TrainConfig, TrainingError, train
+from training.towers import build_tower, default_tower
+from training.trainer import ConfigError, TrainConfig, TrainingError, default_head, train
 from verifier.core.bundle import load_bundle
 from verifier.core.profiles import get_profile
 
@@ -79,16 +79,37 @@ def test_whitening_discounts_the_directions_an_identitys_own_images_vary_in_from
     assert kernel.shape == (8, 16) and kernel[:, :8].any() and not kernel[:, 8:].any()
 
 
+def test_whitening_keeps_no_direction_the_training_images_do_not_span():
+    features, labels = _nuisance(identities=4, per_identity=5)  # 20 images: 19 directions at most
+    kernel, bias = whitening_projection(features, labels, units=32)
+    assert kernel[:, :19].any() and not kernel[:, 19:].any()
+    nudged, _ = whitening_projection(features + 1e-7 * np.random.default_rng(2).normal(size=features.shape),
+                                     labels, units=32)
+    metric, nudged_metric = kernel @ kernel.T, nudged @ nudged.T  # what distances see, whatever the axes
+    np.testing.assert_allclose(nudged_metric, metric, atol=1e-3 * np.abs(metric).max())  # no noise blown up
+    # an identity with one image takes part in the directions, not in how an identity's images vary
+    single = np.vstack([features, np.full((1, 20), 50.0)])
+    kernel_single, _ = whitening_projection(single, np.r_[labels, 99], units=32)
+    assert np.isfinite(kernel_single).all()
+
+
 def test_whitening_needs_two_identities_whose_images_vary():
     features, labels = _clustered(identities=2)
-    with pytest.raises(HeadError, match="at least 2 training identities"):
+    with pytest.raises(HeadError, match="at least 2 training identities with 2\+ images"):
         whitening_projection(features, np.zeros_like(labels), units=8)
+    with pytest.raises(HeadError, match="at least 2 training identities with 2\+ images"):
+        whitening_projection(features[:3], np.array([0, 0, 1]), units=8)
     with pytest.raises(HeadError, match="do not vary"):
         whitening_projection(np.repeat(features[:2], 5, axis=0), np.repeat([0, 1], 5), units=8)
 
 
 def test_the_closed_form_head_is_lda_from_enough_identities_and_whitening_below():
     assert [fitted_head(n) for n in (2, LDA_MIN_IDENTITIES - 1, LDA_MIN_IDENTITIES)] == ["whiten", "whiten", "lda"]
+    assert default_head("imagenet-mobilenetv2", 3) == "whiten" and default_head("small", 30) is None
+    assert default_tower("small-colour") == "imagenet-mobilenetv2" and default_tower("small-grey") == "small"
+    # the loss never meets a fitted head: its size is the same for every loss
+    assert {TrainConfig(tower="imagenet-mobilenetv2", head="whiten", loss=loss).embedding_size
+            for loss in ("triplet", "contrastive", "cosface")} == {128}
 
 
 def test_the_head_is_fitted_in_the_towers_embedding_layer_and_nothing_else_changes():
@@ -183,3 +204,29 @@ def test_a_learnt_head_is_still_there_for_the_asking(products, tmp_path):
                  "--validation-identities", "2", "--epochs", "1", "--steps-per-epoch", "2", "--batch-p", "3",
                  "--batch-k", "2", "--quiet", "--no-refit", "--out", str(out)]) == 0
     assert load_bundle(out).meta["recipe"]["hyperparameters"]["head"] == "learnt"
+
+
+def test_thumbnails_with_few_images_get_a_whitening_head_that_serves_through_tflite(products, tmp_path, capsys):
+    """Three products keep only 2 photos (fewer than --batch-k's 4): a fitted head draws no
+    batches, so they are trained on and refit on; the 32 px bundle upsamples inside the model."""
+    from verifier.core import fastpath
+    from verifier.core.scorer import Scorer
+
+    for item in ("item00", "item01", "item11"):
+        for shot in (2, 3):
+            (products / item / f"{shot}.png").unlink()
+    rng = np.random.default_rng(1)
+    for path in products.glob("*/*.png"):  # shots that differ at thumbnail size too: speckle
+        image = cv2.imread(str(path)).astype(np.int16) + rng.integers(-60, 61, (64, 64, 3))
+        cv2.imwrite(str(path), np.clip(image, 0, 255).astype(np.uint8))
+    out = tmp_path / "bundle"
+    assert main(["--data", str(products), "--profile", "small-colour", "--holdout-identities", "2",
+                 "--validation-identities", "2", "--loss", "triplet", "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "8 training identities with 2+ images: fewer than 10 for an LDA head: a whitening head" in printed
+    assert "left out" not in printed
+    recipe = load_bundle(out).meta["recipe"]
+    assert (recipe["hyperparameters"]["head"], recipe["hyperparameters"]["embedding_size"]) == ("whiten", 128)
+    assert len(recipe["refit"]["identities"]) == 10
+    scorer = Scorer.from_bundle(out, backend="tflite", write_export=False)
+    assert scorer.embedder.name.startswith("tflite") and scorer.agreement <= fastpath.TOLERANCE

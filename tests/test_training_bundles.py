@@ -165,6 +165,10 @@ def test_usable_split_leaves_out_who_cannot_make_a_batch_and_says_so():
     with pytest.raises(DatasetError, match="3 identities have fewer than --batch-k 3 images: b \\(2\\), c \\(1\\), "
                                            "d \\(1\\); 1 left to train on, at least 2 needed"):
         usable_split(data, Split(["a", "b", "c", "d"], [], []), 3)
+    # a fitted head draws no batches: two images an identity suffice, whatever --batch-k says
+    lines = []
+    split = usable_split(data, Split(["a", "b", "c", "d"], [], []), 4, lines.append, batches=False)
+    assert split.train == ["a", "b"] and lines == ["left out: 2 training identities with fewer than 2 images"]
 
 
 def test_a_pretrained_tower_is_fine_tuned_by_default_only_with_many_training_people():

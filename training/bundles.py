@@ -60,11 +60,14 @@ def acquire_faces(data, profile, log=_quiet):
     return data
 
 
-def usable_split(data, split, k, log=_quiet):
+def usable_split(data, split, k, log=_quiet, batches=True):
     """`split` without the training identities that have fewer than K genuine images (a PK batch
-    needs K of each) or the validation identities with fewer than 2 (no genuine pair): photos in
-    the wild often hold many people with one image. Left-out identities are logged, not trained
-    on; fewer than 2 left to train on is a DatasetError."""
+    needs K of each; with `batches` False, as for a fitted head, k is 2: a genuine pair) or the
+    validation identities with fewer than 2 (no genuine pair): photos in the wild often hold many
+    people with one image. Left-out identities are logged, not trained on; fewer than 2 left to
+    train on is a DatasetError."""
+    k = k if batches else 2
+    need = f"--batch-k {k}" if batches else "2"
     counts = data.counts()
     short = [name for name in split.train if counts[name] < k]
     alone = [name for name in split.validation if counts[name] < 2]
@@ -72,13 +75,14 @@ def usable_split(data, split, k, log=_quiet):
     if len(train) < 2:
         examples = ", ".join(f"{name} ({counts[name]})" for name in short[:5])
         more = f" and {len(short) - 5} more" if len(short) > 5 else ""
-        raise DatasetError(f"{len(short)} identities have fewer than --batch-k {k} images: {examples}{more}; "
-                           f"{len(train)} left to train on, at least 2 needed: lower --batch-k, or add images")
+        raise DatasetError(f"{len(short)} identities have fewer than {need} images: {examples}{more}; "
+                           f"{len(train)} left to train on, at least 2 needed: "
+                           + ("lower --batch-k, or add images" if batches else "add images"))
     validation = [name for name in split.validation if counts[name] >= 2]
     if len(validation) == 1:  # one identity has no impostor pair: no early stopping
         alone, validation = split.validation, []
     if short or alone:
-        log(f"left out: {len(short)} training identities with fewer than --batch-k {k} images"
+        log(f"left out: {len(short)} training identities with fewer than {need} images"
             + (f", {len(alone)} validation identities (one image each, or one identity left)" if alone else ""))
     return dataclasses.replace(split, train=train, validation=validation)
 
@@ -137,7 +141,9 @@ def fit_tower(config, data, split, profile, *, validation=None, refit_after=True
     learnt_from_data = result.best_epoch or config.head in FITTED_HEADS  # else the tower as it is: nothing to refit
     if not (refit_after and result.best_validation_eer is not None and learnt_from_data):
         return Fitted(result, result, None, baselines)
-    names = split.train + split.validation
+    counts = data.counts()  # a refit that trains draws P x K batches: K images of each identity
+    k = config.batch_k if result.best_epoch else 2
+    names = split.train + [name for name in split.validation if counts[name] >= k]
     images, labels = training_images(data.subset(names), config.forgery_classes)
     how = (f"for the {result.best_epoch} epochs early stopping chose" if result.best_epoch
            else f"fitting the {config.head} head")
@@ -208,7 +214,8 @@ def train_bundle(data, config, split, out, *, profile, metric="euclidean", refit
     n_identities = len(data.identities)
     photos = data
     data = acquire_faces(data, profile, log)
-    split = usable_split(data, split, config.batch_k, log)
+    batches = not (config.head in FITTED_HEADS and not config.epochs)  # a fitted head draws no batches
+    split = usable_split(data, split, config.batch_k, log, batches=batches)
     inputs_profile = chip_profile(profile)
     validation = None
     if split.validation:

@@ -72,7 +72,7 @@ def build_parser():
                             f"change (0: frozen backbone, only the projection head learns; default: "
                             f"{DEFAULTS.trainable_stages}, fine-tuning face-resnet {FINE_TUNE['trainable_stages']})")
     model.add_argument("--embedding-size", type=int, default=None,
-                       help="default: 128 for cosface, 64 for the other losses")
+                       help="default: 128 for cosface and for a fitted head, 64 for the other losses")
     model.add_argument("--dropout", type=float, default=None,
                        help=f"default: {DEFAULT_DROPOUT}; 0.2 for imagenet-mobilenetv2")
     model.add_argument("--metric", choices=METRICS, default="euclidean",

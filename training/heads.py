@@ -23,6 +23,7 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 HEADS = ("learnt", "lda", "whiten")
 FITTED_HEADS = ("lda", "whiten")  # fitted in closed form: no epochs
 HEAD_LAYER = "embedding"
+FITTED_EMBEDDING = 128  # a fitted head's default size: the principal directions whitening keeps
 SHRINKAGE = 0.4  # LDA: 0.2-0.6 were within 0.2 points of each other on grocery's folds
 # below this, on grocery, the discriminant's few directions lost to the features themselves,
 # and whitening beat both (README, Products)
@@ -74,17 +75,20 @@ def whitening_projection(features, labels, units, shrinkage=SHRINKAGE):
     directions, then whitened there by the shrunk within-identity covariance, so that the
     directions in which an identity's own images vary count for less."""
     features = np.asarray(features, np.float64)
-    if len(np.unique(labels)) < 2:
-        raise HeadError("a whitening head needs at least 2 training identities: it learns how an identity's "
-                        "own images vary against how all of them do")
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    if (counts >= 2).sum() < 2:
+        raise HeadError("a whitening head needs at least 2 training identities with 2+ images: it learns how "
+                        "an identity's own images vary against how all of them do")
     mean = features.mean(axis=0)
     centred = features - mean
-    basis = np.linalg.svd(centred, full_matrices=False)[2][:units].T  # (d, k), k <= units
+    _, singular, directions = np.linalg.svd(centred, full_matrices=False)
+    rank = int((singular > singular[0] * 1e-6).sum())  # centred data spans at most n - 1 directions
+    basis = directions[:min(units, rank)].T  # (d, k)
     projected = centred @ basis
-    _, inverse = np.unique(labels, return_inverse=True)
-    sums = np.zeros((inverse.max() + 1, basis.shape[1]))
+    sums = np.zeros((len(counts), basis.shape[1]))
     np.add.at(sums, inverse, projected)
-    residuals = projected - (sums / np.bincount(inverse)[:, None])[inverse]
+    paired = counts[inverse] >= 2  # an identity's only image says nothing of how its images vary
+    residuals = (projected - (sums / counts[:, None])[inverse])[paired]
     within = residuals.T @ residuals / len(residuals)
     shrunk = (1 - shrinkage) * within + shrinkage * np.trace(within) / len(within) * np.eye(len(within))
     variances, axes = np.linalg.eigh(shrunk)

@@ -20,7 +20,7 @@ from calibration.metrics import eer
 from calibration.pairs import pair_comparisons
 from training import losses, miners, reducers
 from training.augment import augmentation_for
-from training.heads import FITTED_HEADS, HEADS, HeadError, fit_head, fitted_head
+from training.heads import FITTED_EMBEDDING, FITTED_HEADS, HEADS, HeadError, fit_head, fitted_head
 from training.pipeline import training_batches
 from training.samplers import PairSampler, PKSampler
 from training.towers import PRETRAINED, build_tower, with_flip_average
@@ -149,8 +149,9 @@ class TrainConfig:
             self.epochs = 0  # the head is fitted, not trained; --epochs N trains on from it
         if self.epochs is None:
             self.epochs = PRETRAINED_EPOCHS if self.tower in PRETRAINED else own.get("epochs", DEFAULT_EPOCHS[self.loss])
-        if self.embedding_size is None:
-            self.embedding_size = PRETRAINED.get(self.tower, DEFAULT_EMBEDDING[self.loss])
+        if self.embedding_size is None:  # a fitted head's size does not depend on a loss it never meets
+            own_size = FITTED_EMBEDDING if self.head in FITTED_HEADS else DEFAULT_EMBEDDING[self.loss]
+            self.embedding_size = PRETRAINED.get(self.tower, own_size)
         if self.learning_rate is None:
             self.learning_rate = 1e-4 if self.tower in PRETRAINED else own.get("learning_rate", 2e-3)
 
@@ -390,7 +391,6 @@ def train(config, train_images, train_labels, profile, *, val_images=None, val_l
     """
     keras.utils.set_random_seed(config.seed)
     _, train_labels = np.unique(train_labels, return_inverse=True)  # 0..C-1: cosface's proxy columns
-    sampler = make_sampler(config, train_labels)
     extra = make_proxies(config, train_labels.max() + 1)
     miner, loss = build_miner(config), build_loss(config, extra)
     tower, model = build_model(config, profile)
@@ -407,8 +407,9 @@ def train(config, train_images, train_labels, profile, *, val_images=None, val_l
     checkpoint = Checkpoint(checkpoint_dir) if checkpoint_dir else None
     state, best_weights = start_state(config, identity, tower, optimizer, extra, checkpoint, resume)
     train_step = make_train_step(tower, extra, optimizer, miner, loss)
+    sampler = make_sampler(config, train_labels) if config.epochs else None  # no epochs: no batches to draw
     batches = partial(training_batches, train_images, train_labels, sampler, augmentation, profile.normalize,
-                      config.seed, pair_labels=sampler.similar() if config.loss == "contrastive" else None)
+                      config.seed, pair_labels=sampler.similar() if sampler and config.loss == "contrastive" else None)
     start = time.perf_counter() - state["seconds"] - head_seconds
     stopped = validate is not None and state["bad_epochs"] >= config.patience
     if not config.epochs and validate is not None:

@@ -65,7 +65,8 @@ PROFILES = {
     "product": Profile("product", height=160, width=160, channels=3, normalize="unit", fit="letterbox"),
     # greyscale photos: the same, one channel
     "product-grey": Profile("product-grey", height=96, width=96, normalize="unit", fit="letterbox"),
-    # thumbnails (CIFAR-like, about 32 px): kept at their own size
+    # thumbnails (CIFAR-like, about 32 px): kept at their own size (the generic tower upsamples
+    # them inside the model for its backbone)
     "small-colour": Profile("small-colour", height=32, width=32, channels=3, normalize="unit", fit="letterbox"),
     # grey thumbnails (Fashion-MNIST-like, 28 px); not mirrored: grey thumbnails are as often
     # symbols or characters, which a mirror makes into others
