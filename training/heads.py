@@ -92,7 +92,7 @@ def whitening_projection(features, labels, units, shrinkage=SHRINKAGE):
     within = residuals.T @ residuals / len(residuals)
     shrunk = (1 - shrinkage) * within + shrinkage * np.trace(within) / len(within) * np.eye(len(within))
     variances, axes = np.linalg.eigh(shrunk)
-    if not variances.min() > 1e-12:
+    if not variances.min() > 1e-12 * variances.max():  # scale-free: all 0 when nothing varies
         raise HeadError("the training identities' images do not vary: there is nothing to whiten")
     kernel = np.zeros((features.shape[1], units))
     kernel[:, :basis.shape[1]] = basis @ (axes / np.sqrt(variances))
