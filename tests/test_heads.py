@@ -104,7 +104,8 @@ def test_whitening_needs_two_identities_whose_images_vary():
 def test_the_closed_form_head_is_lda_from_enough_identities_and_whitening_below():
     assert [fitted_head(n) for n in (2, LDA_MIN_IDENTITIES - 1, LDA_MIN_IDENTITIES)] == ["whiten", "whiten", "lda"]
     assert default_head("imagenet-mobilenetv2", 3) == "whiten" and default_head("small", 30) is None
-    assert default_tower("small-colour") == "imagenet-mobilenetv2" and default_tower("small-grey") == "small"
+    assert default_tower("small-colour") == "imagenet-mobilenetv2" and default_tower("small-grey") == "pixel-gradients"
+    assert default_head("pixel-gradients", 7) == "whiten" and TrainConfig(tower="pixel-gradients").epochs == 0
     # the loss never meets a fitted head: its size is the same for every loss
     assert {TrainConfig(tower="imagenet-mobilenetv2", head="whiten", loss=loss).embedding_size
             for loss in ("triplet", "contrastive", "cosface")} == {128}
@@ -122,6 +123,21 @@ def test_the_head_is_fitted_in_the_towers_embedding_layer_and_nothing_else_chang
     assert changed == {w.path for w in head_layer(tower).weights}
     embeddings = tower.predict(images, verbose=0)
     assert np.isfinite(embeddings).all() and np.allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-5)
+
+
+def test_the_pixel_gradient_tower_reads_pixels_and_a_4x4_grid_of_gradient_cells_of_unit_length_each():
+    tower = build_tower("pixel-gradients", (28, 28, 1), 16, 0.0)
+    rng = np.random.default_rng(0)
+    images = rng.random((30, 28, 28, 1)).astype(np.float32)
+    features = keras.Model(tower.input, head_layer(tower).input).predict(images, verbose=0)
+    assert features.shape == (30, 28 * 28 + 4 * 4 * 16)  # 7 px cells, 8 orientations of both signs
+    pixels, cells = features[:, :28 * 28], features[:, 28 * 28:]
+    assert np.allclose(np.linalg.norm(pixels, axis=1), 1, atol=1e-5)
+    assert np.allclose(np.linalg.norm(cells, axis=1), 1, atol=1e-5)
+    assert np.allclose(pixels, images.reshape(30, -1) / np.linalg.norm(images.reshape(30, -1), axis=1,
+                                                                      keepdims=True), atol=1e-5)
+    blank = tower.predict(np.zeros((1, 28, 28, 1), np.float32), verbose=0)  # no NaN from an empty image
+    assert np.isfinite(blank).all()
 
 
 def test_a_tower_without_an_embedding_layer_has_no_lda_head():

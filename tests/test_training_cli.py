@@ -261,4 +261,4 @@ def test_with_no_profile_the_cli_prints_the_one_it_chose_and_records_why(faces, 
     assert f"profile: small-grey ({reason})" in printed
     bundle = load_bundle(out)
     assert bundle.profile.name == "small-grey" and bundle.meta["recipe"]["profile_reason"] == reason
-    assert bundle.meta["recipe"]["tower"] == "small"
+    assert bundle.meta["recipe"]["tower"] == "pixel-gradients"

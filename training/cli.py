@@ -57,15 +57,15 @@ def build_parser():
                        help="cosface: scale of the cosines in the softmax (inverse temperature)")
     model.add_argument("--soft-margin", action="store_true", help="triplet: softplus instead of a hinge")
     model.add_argument("--tower", choices=TOWERS, default=None,
-                       help="default: face-resnet (pretrained) for the face profiles, gradients for signatures, "
+                       help="default: face-fusion (pretrained) for the face profiles, gradients for signatures, "
                             "imagenet-mobilenetv2 (pretrained, frozen, a fitted head) for product, product-grey "
-                            "and small-colour, "
+                            "and small-colour, pixel-gradients (fixed features, a fitted head) for small-grey, "
                             "small otherwise")
     model.add_argument("--head", choices=HEADS, default=None,
                        help="the projection head: learnt with the loss, or fitted in closed form from the "
                             f"tower's features by shrinkage LDA (needs {LDA_MIN_IDENTITIES}+ training identities) "
                             "or by whitening how an identity's images vary (2+); no epochs unless --epochs is "
-                            "given; default: for imagenet-mobilenetv2 lda from "
+                            "given; default: for imagenet-mobilenetv2 and pixel-gradients lda from "
                             f"{LDA_MIN_IDENTITIES} training identities with 2+ images, else whiten; learnt otherwise")
     model.add_argument("--trainable-stages", type=int, default=None,
                        help="pretrained towers: how many of the backbone's last stages fine-tuning may "

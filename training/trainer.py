@@ -46,9 +46,11 @@ DEFAULT_DROPOUT = 0.5
 # higher rate. Mirror averaging (flip_tta) doubles an embedding's cost; the pretrained
 # towers go without by default: for the face ResNet it would cost the service its speed goals
 # (p50 31 -> 56 ms) for lfw-dev's 719 unseen people's eval EER 4.14% -> 3.81% (README).
+# pixel-gradients, fixed features of grey thumbnails: the same fitted head, no dropout.
 TOWER_DEFAULTS = {
     "imagenet-mobilenetv2": dict(head="lda", dropout=0.2, augment="flip", epochs=6, learning_rate=3e-3,
                                  flip_tta=False),
+    "pixel-gradients": dict(head="lda", dropout=0.0),
     "face-resnet": dict(flip_tta=False),
     "sface": dict(flip_tta=False),
     "face-fusion": dict(flip_tta=False),
