@@ -105,7 +105,8 @@ def test_the_closed_form_head_is_lda_from_enough_identities_and_whitening_below(
     assert [fitted_head(n) for n in (2, LDA_MIN_IDENTITIES - 1, LDA_MIN_IDENTITIES)] == ["whiten", "whiten", "lda"]
     assert default_head("imagenet-mobilenetv2", 3) == "whiten" and default_head("small", 30) is None
     assert default_tower("small-colour") == "imagenet-mobilenetv2" and default_tower("small-grey") == "pixel-gradients"
-    assert default_head("pixel-gradients", 7) == "whiten" and TrainConfig(tower="pixel-gradients").epochs == 0
+    assert [default_head("pixel-gradients", n) for n in (7, LDA_MIN_IDENTITIES)] == ["whiten", "lda"]
+    assert TrainConfig(tower="pixel-gradients").epochs == 0
     # the loss never meets a fitted head: its size is the same for every loss
     assert {TrainConfig(tower="imagenet-mobilenetv2", head="whiten", loss=loss).embedding_size
             for loss in ("triplet", "contrastive", "cosface")} == {128}
@@ -138,6 +139,13 @@ def test_the_pixel_gradient_tower_reads_pixels_and_a_4x4_grid_of_gradient_cells_
                                                                       keepdims=True), atol=1e-5)
     blank = tower.predict(np.zeros((1, 28, 28, 1), np.float32), verbose=0)  # no NaN from an empty image
     assert np.isfinite(blank).all()
+
+
+def test_the_pixel_gradient_grid_follows_the_aspect_and_the_tower_refuses_photos():
+    wide = build_tower("pixel-gradients", (32, 64, 1), 8, 0.0)
+    assert head_layer(wide).input.shape[-1] == 32 * 64 + 4 * 4 * 16  # 8 x 16 px cells
+    with pytest.raises(ValueError, match="for thumbnails"):
+        build_tower("pixel-gradients", (160, 160, 3), 8, 0.0)
 
 
 def test_a_tower_without_an_embedding_layer_has_no_lda_head():

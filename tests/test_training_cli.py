@@ -255,10 +255,13 @@ def test_with_no_profile_the_cli_prints_the_one_it_chose_and_records_why(faces, 
     out = tmp_path / "b"
     fast = [a for a in FAST if a not in ("--profile", "face-small")]
     assert main(["--data", str(faces), "--holdout-identities", "0", "--validation-identities", "2",
-                 "--epochs", "1", "--no-refit", "--out", str(out)] + fast) == 0
+                 "--out", str(out)] + fast) == 0
     printed = capsys.readouterr().out
     reason = "greyscale images, median short side 46 px: thumbnails, resized to 28x28 (small-grey)"
     assert f"profile: small-grey ({reason})" in printed
     bundle = load_bundle(out)
     assert bundle.profile.name == "small-grey" and bundle.meta["recipe"]["profile_reason"] == reason
-    assert bundle.meta["recipe"]["tower"] == "pixel-gradients"
+    # the grey-thumbnail default: fixed features under a whitening head (6 training identities), no epochs
+    recipe = bundle.meta["recipe"]
+    assert (recipe["tower"], recipe["hyperparameters"]["head"], recipe["epochs"]) == ("pixel-gradients", "whiten", 0)
+    assert "the head fitted by whitening, no epochs" in printed

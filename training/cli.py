@@ -74,7 +74,7 @@ def build_parser():
     model.add_argument("--embedding-size", type=int, default=None,
                        help="default: 128 for cosface and for a fitted head, 64 for the other losses")
     model.add_argument("--dropout", type=float, default=None,
-                       help=f"default: {DEFAULT_DROPOUT}; 0.2 for imagenet-mobilenetv2")
+                       help=f"default: {DEFAULT_DROPOUT}; 0.2 for imagenet-mobilenetv2, 0 for pixel-gradients")
     model.add_argument("--metric", choices=METRICS, default="euclidean",
                        help="distance recorded in the bundle (embeddings are L2-normalised)")
     model.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None,

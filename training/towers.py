@@ -107,7 +107,8 @@ def _oriented_derivatives(orientations):
 
 def _gradient_cells(inputs, orientations, cell):
     """HOG's features in Keras layers: oriented derivatives (fixed 3x3 kernels, both signs),
-    rectified, averaged over `cell` x `cell` cells and normalised per cell, flattened."""
+    rectified, averaged over cells of `cell` pixels (an int, or (rows, columns)) and
+    normalised per cell, flattened."""
     channels = inputs.shape[-1]
     kernels = _oriented_derivatives(orientations)
     gradients = layers.Conv2D(kernels.shape[-1], 3, padding="same", use_bias=False, trainable=False,
@@ -134,18 +135,28 @@ def gradient_tower(input_shape, embedding_size, orientations=8, cell=8, dropout=
     return keras.Model(inputs, outputs, name="gradient_tower")
 
 
+# pixel-gradients reads every pixel: a head fitted over more features than this (a 64 px
+# square) would need covariance matrices of gigabytes
+PIXEL_FEATURES_MAX = 64 * 64
+
+
 def pixel_gradient_tower(input_shape, embedding_size, orientations=8, grid=4, dropout=0.0):
-    """Grey thumbnails: the pixels and their oriented-gradient cells (a grid x grid of them),
-    each block of unit length, and a head over both, fitted in closed form by default
-    (training.heads). On Fashion-MNIST 4 x 4 cells of 7 px did better than 7 x 7 or 10 x 10.
+    """Grey thumbnails: the pixels and their oriented-gradient cells (a grid x grid of them,
+    for any aspect), each block of unit length, and a head over both, fitted in closed form by
+    default (training.heads). On Fashion-MNIST 4 x 4 cells of 7 px did better than 7 x 7 or 10 x 10.
 
     With a handful of training classes a CNN from scratch learns what tells those classes
     apart and loses to raw pixels on unseen ones (Fashion-MNIST, README); fixed features with a
     metric fitted to how the training classes' own images vary do not.
     """
+    height, width, channels = input_shape
+    if height * width * channels > PIXEL_FEATURES_MAX or min(height, width) < grid:
+        raise ValueError(f"the pixel-gradients tower is for thumbnails of {grid} to 64 px a side "
+                         f"(at most {PIXEL_FEATURES_MAX} values), not {height}x{width}x{channels}: "
+                         "use a thumbnail profile (small-grey), or another tower")
     inputs = keras.Input(input_shape, name="image")
     pixels = safe_unit_normalization(name="pixel_norm")(layers.Flatten(name="pixels")(inputs))
-    cell = -(-min(input_shape[:2]) // grid)
+    cell = (-(-height // grid), -(-width // grid))  # ceiling: the last cell of a row may be partly padding
     cells = safe_unit_normalization(name="gradient_norm")(_gradient_cells(inputs, orientations, cell))
     x = layers.Concatenate(name="features")([pixels, cells])
     x = layers.Dropout(dropout, name="dropout")(x)
