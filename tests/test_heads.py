@@ -11,8 +11,8 @@ from calibration.metrics import eer
 from tests.test_imagenet_mobilenet import _weights_like
 from training import imagenet_mobilenet as im
 from training.cli import main
-from training.heads import (LDA_MIN_IDENTITIES, HeadError, fit_head, fitted_head, head_layer, lda_projection,
-                            whitening_projection)
+from training.heads import (LDA_MIN_IDENTITIES, SHRINKAGE, HeadError, chosen_shrinkage, fit_head, fitted_head,
+                            head_layer, lda_projection, whitening_projection)
 from training.towers import build_tower, default_tower
 from training.trainer import ConfigError, TrainConfig, TrainingError, default_head, train
 from verifier.core.bundle import load_bundle
@@ -99,6 +99,31 @@ def test_whitening_needs_two_identities_whose_images_vary():
         whitening_projection(np.repeat(features[:2], 5, axis=0), np.repeat([0, 1], 5), units=8)
     tiny, tiny_labels = _nuisance(identities=3)  # the check is scale-free: small features still whiten
     assert np.isfinite(whitening_projection(1e-6 * tiny, tiny_labels, units=8)[0]).all()
+
+
+def _idiosyncratic(identities=6, per_identity=30, dims=20, seed=0):
+    """Features whose identities' own images vary 5x more along 4 directions of their own:
+    what the other identities' variation says of a new one's is wrong."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1, (identities, dims))
+    scales = np.full((identities, dims), 0.3)
+    for identity in range(identities):
+        scales[identity, rng.choice(dims, 4, replace=False)] = 5.0
+    labels = np.repeat(np.arange(identities), per_identity)
+    noise = np.random.default_rng(seed + 1).normal(0, 1, (len(labels), dims))
+    return centres[labels] + noise * scales[labels], labels
+
+
+def test_the_whitening_shrinkage_is_the_one_that_verifies_best_on_each_identity_left_out():
+    shared, shared_labels = _nuisance(identities=6)  # every identity varies along the same 4 directions
+    chosen, scores = chosen_shrinkage(shared, shared_labels, units=16)
+    assert chosen == 0.2 and scores[0.2] < 0.5 * scores[1.0]  # whiten hard: here 7% against 42%
+    own, own_labels = _idiosyncratic()
+    chosen, scores = chosen_shrinkage(own, own_labels, units=16)
+    assert chosen == 1.0 and scores[1.0] == min(scores.values())  # no whitening: the principal directions alone
+    assert chosen_shrinkage(own[:60], own_labels[:60], units=16) == (SHRINKAGE, {})  # 2 identities: none to leave out
+    # deterministic: the same comparisons, the same scores
+    assert chosen_shrinkage(own, own_labels, units=16)[1] == scores
 
 
 def test_the_closed_form_head_is_lda_from_enough_identities_and_whitening_below():
@@ -201,7 +226,7 @@ def test_the_cli_fits_an_lda_head_for_products_and_refits_it_on_every_training_i
     assert ("imagenet-mobilenetv2: 10 training identities with 2+ images: an LDA head, fitted in closed form "
             "(--loss triplet trains only with --epochs N or --head learnt)") in printed
     assert "refit: training again on all 12 training and validation identities, fitting the lda head" in printed
-    assert "(the head fitted by LDA, no epochs: validation EER " in printed
+    assert "(the head fitted by LDA, shrinkage 0.4, no epochs: validation EER " in printed
     bundle = load_bundle(out)  # safe mode: the square-rooted histogram is a registered layer
     recipe = bundle.meta["recipe"]
     assert (recipe["hyperparameters"]["head"], recipe["epochs"], len(recipe["refit"]["identities"])) == ("lda", 0, 12)
@@ -215,7 +240,7 @@ def test_with_fewer_identities_the_cli_fits_a_whitening_head_instead(products, t
     printed = capsys.readouterr().out
     assert (f"6 training identities with 2+ images: fewer than {LDA_MIN_IDENTITIES} for an LDA head: a whitening "
             "head, fitted in closed form") in printed
-    assert "(the head fitted by whitening, no epochs: validation EER " in printed
+    assert "(the head fitted by whitening, shrinkage " in printed
     recipe = load_bundle(out).meta["recipe"]
     assert (recipe["hyperparameters"]["head"], recipe["epochs"], len(recipe["refit"]["identities"])) == ("whiten", 0, 8)
 

@@ -12,6 +12,7 @@ from calibration.pairs import pair_comparisons
 from imagesets import load_folder
 from tests.synthetic import identity_images, write_folder
 from training.cli import main
+from training.heads import WHITENING_SHRINKAGES
 from training.towers import build_tower
 from training.trainer import Checkpoint, TrainConfig, train
 from verifier.core.bundle import load_bundle
@@ -264,4 +265,5 @@ def test_with_no_profile_the_cli_prints_the_one_it_chose_and_records_why(faces, 
     # the grey-thumbnail default: fixed features under a whitening head (6 training identities), no epochs
     recipe = bundle.meta["recipe"]
     assert (recipe["tower"], recipe["hyperparameters"]["head"], recipe["epochs"]) == ("pixel-gradients", "whiten", 0)
-    assert "the head fitted by whitening, no epochs" in printed
+    assert f"the head fitted by whitening, shrinkage {recipe['head_shrinkage']:g}, no epochs" in printed
+    assert recipe["head_shrinkage"] in WHITENING_SHRINKAGES

@@ -182,7 +182,8 @@ def bundle_recipe(config, fitted, data, split, profile, spec=None, profile_reaso
         train_identities=split.train, validation_identities=split.validation,
         holdout_identities=split.holdout, best_validation_eer=result.best_validation_eer,
         best_epoch=result.best_epoch, refit=refitted, training_seconds=round(fitted.seconds, 1),
-        flip_tta=final.model is not final.tower, hyperparameters=config.to_dict(),
+        flip_tta=final.model is not final.tower, head_shrinkage=final.head_shrinkage,
+        hyperparameters=config.to_dict(),
         history=result.history, profile_reason=profile_reason or data.profile_reason,
         validation_baselines=fitted.baselines)
     if config.tower in PROVENANCE:

@@ -197,7 +197,8 @@ def _wrote(trained):
     head = recipe["hyperparameters"]["head"]
     if not recipe["epochs"] and head in FITTED_HEADS:
         return (f"wrote bundle {trained.bundle_id} to {trained.path} (the head fitted by "
-                f"{'LDA' if head == 'lda' else 'whitening'}, no epochs: validation EER {best}{how}, "
+                f"{'LDA' if head == 'lda' else 'whitening'}, shrinkage {recipe['head_shrinkage']:g}, no epochs: "
+                f"validation EER {best}{how}, "
                 f"{trained.fitted.seconds:.0f} s)")
     if not recipe["epochs"]:
         return f"wrote bundle {trained.bundle_id} to {trained.path} (the pretrained tower as it is: no training)"

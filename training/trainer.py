@@ -171,6 +171,7 @@ class TrainResult:
     steps: int
     training_seconds: float
     history: list = field(default_factory=list)
+    head_shrinkage: float | None = None  # a fitted head's covariance shrinkage (training.heads)
 
 
 def make_proxies(config, n_classes):
@@ -396,10 +397,10 @@ def train(config, train_images, train_labels, profile, *, val_images=None, val_l
     extra = make_proxies(config, train_labels.max() + 1)
     miner, loss = build_miner(config), build_loss(config, extra)
     tower, model = build_model(config, profile)
-    head_start = time.perf_counter()
+    head_start, head_shrinkage = time.perf_counter(), None
     if config.head in FITTED_HEADS:
         try:
-            fit_head(tower, train_images, train_labels, config.head)
+            head_shrinkage = fit_head(tower, train_images, train_labels, config.head)
         except HeadError as exc:
             raise TrainingError(str(exc)) from None
     head_seconds = time.perf_counter() - head_start  # the fit counts as training time
@@ -436,7 +437,8 @@ def train(config, train_images, train_labels, profile, *, val_images=None, val_l
     return TrainResult(model=model, tower=tower, best_validation_eer=state["best_eer"],
                        best_epoch=state["best_epoch"], epochs_run=state["epoch"],
                        steps=state["epoch"] * config.steps_per_epoch,
-                       training_seconds=round(time.perf_counter() - start, 1), history=state["history"])
+                       training_seconds=round(time.perf_counter() - start, 1), history=state["history"],
+                       head_shrinkage=head_shrinkage)
 
 
 def refit(config, chosen, images, labels, profile, **kwargs):
