@@ -126,6 +126,20 @@ def test_the_whitening_shrinkage_is_the_one_that_verifies_best_on_each_identity_
     assert chosen_shrinkage(own, own_labels, units=16)[1] == scores
 
 
+def test_a_fitted_whitening_head_uses_the_shrinkage_chosen_on_the_towers_features():
+    tower = build_tower("pixel-gradients", (28, 28, 1), 16, 0.0)
+    images = np.concatenate([np.random.default_rng(i).random((10, 28, 28, 1)) * (0.3 + 0.1 * i)
+                             for i in range(4)]).astype(np.float32)
+    labels = np.repeat(np.arange(4), 10)
+    used = fit_head(tower, images, labels, "whiten")
+    features = keras.Model(tower.input, head_layer(tower).input).predict(images, verbose=0)
+    assert used == chosen_shrinkage(features, labels, units=16)[0] != SHRINKAGE  # here 0.2: not the constant
+    kernel, bias = whitening_projection(features, labels, units=16, shrinkage=used)
+    np.testing.assert_allclose(head_layer(tower).get_weights()[0], kernel, atol=1e-6)
+    np.testing.assert_allclose(head_layer(tower).get_weights()[1], bias, atol=1e-6)
+    assert fit_head(tower, images, np.repeat(np.arange(10), 4), "lda") == SHRINKAGE  # LDA keeps its constant
+
+
 def test_the_closed_form_head_is_lda_from_enough_identities_and_whitening_below():
     assert [fitted_head(n) for n in (2, LDA_MIN_IDENTITIES - 1, LDA_MIN_IDENTITIES)] == ["whiten", "whiten", "lda"]
     assert default_head("imagenet-mobilenetv2", 3) == "whiten" and default_head("small", 30) is None

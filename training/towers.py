@@ -30,8 +30,8 @@ from keras import layers
 
 from verifier.core.layers import safe_unit_normalization, square_root
 
-TOWERS = ("small", "ink", "gradients", "pixel-gradients", "mobilenetv3small", "imagenet-mobilenetv2", "face-resnet", "sface",
-          "face-fusion")
+TOWERS = ("small", "ink", "gradients", "pixel-gradients", "mobilenetv3small", "imagenet-mobilenetv2", "face-resnet",
+          "sface", "face-fusion")
 PRETRAINED = {"face-resnet": 128, "sface": 128, "face-fusion": 256}  # pretrained tower -> its embedding size
 # the tower each profile trains by default: pretrained where weights for the kind of image exist,
 # and for signatures a fixed oriented-gradient front end with a learnt head (README, Signatures)
