@@ -60,7 +60,7 @@ from training.baselines import ALIASES, BASELINES
 from calibration.metrics import auc, eer
 from calibration.pairs import pair_comparisons
 from imagesets import LabelledImages, load_dataset
-from training.bundles import default_split, fit_tower, usable_split
+from training.bundles import default_split, fit_tower, paired_identities, usable_split
 from training.towers import default_tower
 from training.trainer import FINE_TUNE, TrainConfig, build_model, default_head
 from verifier.core.acquisition import acquire_dataset, chip_profile
@@ -103,8 +103,7 @@ def run_siamese(loss, overrides, data, split, profile, verbose, refit_after=True
     then (as `python -m training` does) refit on the training and validation identities together."""
     settings = {"loss": loss, "tower": default_tower(profile.name), **overrides}
     if "head" not in settings:  # a tower with a fitted head: the one python -m training would choose
-        counts = data.counts()
-        settings["head"] = default_head(settings["tower"], sum(counts[name] >= 2 for name in split.train))
+        settings["head"] = default_head(settings["tower"], paired_identities(data, split.train))
     config = TrainConfig(**settings)
     fitted = fit_tower(config, data, split, profile, validation=data.subset(split.validation),
                        refit_after=refit_after, verbose=verbose)

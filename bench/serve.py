@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import cv2
 
-from bench import dlib_face
+from bench import dlib_face, machine
 from verifier.core.bundle import read_meta
 from verifier.core.errors import VerifierError
 from verifier.core.profiles import Profile
@@ -274,12 +274,12 @@ def benchmark(args, meta, profile, images, service, port, naive, naive_port):
     """Warm both servers up, load them at every level, judge the results and print them; returns the results."""
     body, headers = multipart(images)
     levels = [int(c) for c in args.clients.split(",")]
-    results = {"bundle": meta["bundle_id"], "service": [], "naive": []}
+    results = {"bundle": meta["bundle_id"], "machine": machine.describe(), "service": [], "naive": []}
     load(port, body, headers, 50, 2)  # warm-up, not counted
     load(naive_port, body, headers, 4, 1)
     results["load_average_before"] = [round(x, 2) for x in os.getloadavg()]
     print(f"bundle {meta['bundle_id']} ({meta['profile']['name']}), {args.workers} workers x {args.threads} "
-          f"threads, {os.cpu_count()} CPUs, client on the same machine, load average "
+          f"threads, {machine.summary(results['machine'])}, client on the same machine, load average "
           f"{results['load_average_before'][0]} before (other work competes for the CPUs)")
     workers = children(service.pid)
     measure((("service", port, args.requests, workers), ("naive", naive_port, args.naive_requests, [naive.pid])),

@@ -171,6 +171,14 @@ def test_usable_split_leaves_out_who_cannot_make_a_batch_and_says_so():
     assert split.train == ["a", "b"] and lines == ["left out: 2 training identities with fewer than 2 images"]
 
 
+def test_paired_identities_counts_the_named_identities_with_a_genuine_pair():
+    from training.bundles import paired_identities
+
+    data = _with_counts({"a": 3, "b": 2, "c": 1, "d": 1, "v1": 2, "v2": 1})
+    assert paired_identities(data, ["a", "b", "c", "d"]) == 2  # the training side only: v1 is not named
+    assert paired_identities(data, ["c", "d"]) == 0
+
+
 def test_a_pretrained_tower_is_fine_tuned_by_default_only_with_many_training_people():
     from training.trainer import FINE_TUNE, FINE_TUNE_MIN_IDENTITIES, pretrained_defaults
 

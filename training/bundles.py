@@ -60,6 +60,13 @@ def acquire_faces(data, profile, log=_quiet):
     return data
 
 
+def paired_identities(data, names):
+    """How many of the identities `names` have 2+ genuine images in `data`: those a fitted head or
+    a fine-tuning recipe learns from (one image makes no genuine pair)."""
+    counts = data.counts()
+    return sum(counts[name] >= 2 for name in names)
+
+
 def usable_split(data, split, k, log=_quiet, batches=True):
     """`split` without the training identities that have fewer than K genuine images (a PK batch
     needs K of each; with `batches` False, as for a fitted head, k is 2: a genuine pair) or the

@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from imagesets import load_dataset
 from training.augment import LEVELS
-from training.bundles import default_split, train_bundle
+from training.bundles import default_split, paired_identities, train_bundle
 from training.heads import FITTED_HEADS, HEADS, LDA_MIN_IDENTITIES
 from training.splits import parse_holdout
 from training.towers import PRETRAINED, TOWERS, default_tower
@@ -130,8 +130,7 @@ def _fill_defaults(args, data, split):
     a pretrained face tower, fine-tuning or the tower as it is (`pretrained_defaults`); for a
     tower whose head is fitted in closed form, LDA or, with fewer identities, whitening.
     Returns a line saying which, or None for a tower trained from scratch."""
-    counts = data.counts()
-    usable = sum(counts[name] >= 2 for name in split.train)
+    usable = paired_identities(data, split.train)
     head_line = None
     fitted = default_head(args.tower, usable) if args.head is None else None
     if fitted:
