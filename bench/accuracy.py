@@ -37,9 +37,9 @@ is face_recognition's own pipeline (bench/dlib_face.py), measured in the same ru
 The small CNN and the classical baselines keep the `face-small` profile. Other data uses the
 profile its loader names (imagesets: `data.profile`); `--profile NAME` overrides either. On the
 generic tower (product photos, colour thumbnails) and on pixel-gradients (grey thumbnails) the
-`siamese-*` rows fit the head that
-`python -m training` would (LDA from 10 training identities, else whitening: no epochs, so the
-loss does not enter); `--set head=learnt` trains it with the loss instead.
+`siamese-*` rows fit the head that `python -m training` would (LDA from 10 training identities,
+else whitening: no epochs, so the loss does not enter); `--set head=learnt` trains it with the
+loss instead.
 """
 
 import argparse
