@@ -133,17 +133,17 @@ def test_a_fitted_whitening_head_uses_the_shrinkage_chosen_on_the_towers_feature
     labels = np.repeat(np.arange(4), 10)
     used = fit_head(tower, images, labels, "whiten")
     features = keras.Model(tower.input, head_layer(tower).input).predict(images, verbose=0)
-    assert used == chosen_shrinkage(features, labels, units=16)[0] != SHRINKAGE  # here 0.2: not the constant
-    kernel, bias = whitening_projection(features, labels, units=16, shrinkage=used)
+    assert used["embedding"] == chosen_shrinkage(features, labels, units=16)[0] != SHRINKAGE  # here 0.2: not the constant
+    kernel, bias = whitening_projection(features, labels, units=16, shrinkage=used["embedding"])
     np.testing.assert_allclose(head_layer(tower).get_weights()[0], kernel, atol=1e-6)
     np.testing.assert_allclose(head_layer(tower).get_weights()[1], bias, atol=1e-6)
-    assert fit_head(tower, images, np.repeat(np.arange(10), 4), "lda") == SHRINKAGE  # LDA keeps its constant
+    assert fit_head(tower, images, np.repeat(np.arange(10), 4), "lda") == {"embedding": SHRINKAGE}  # LDA: its constant
 
 
 def test_the_closed_form_head_is_lda_from_enough_identities_and_whitening_below():
     assert [fitted_head(n) for n in (2, LDA_MIN_IDENTITIES - 1, LDA_MIN_IDENTITIES)] == ["whiten", "whiten", "lda"]
     assert default_head("imagenet-mobilenetv2", 3) == "whiten" and default_head("small", 30) is None
-    assert default_tower("small-colour") == "imagenet-mobilenetv2" and default_tower("small-grey") == "pixel-gradients"
+    assert default_tower("small-colour") == "imagenet-mobilenetv2" and default_tower("small-grey") == "pixel-gradients+patches"
     assert [default_head("pixel-gradients", n) for n in (7, LDA_MIN_IDENTITIES)] == ["whiten", "lda"]
     assert TrainConfig(tower="pixel-gradients").epochs == 0
     # the loss never meets a fitted head: its size is the same for every loss

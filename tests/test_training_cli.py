@@ -262,8 +262,17 @@ def test_with_no_profile_the_cli_prints_the_one_it_chose_and_records_why(faces, 
     assert f"profile: small-grey ({reason})" in printed
     bundle = load_bundle(out)
     assert bundle.profile.name == "small-grey" and bundle.meta["recipe"]["profile_reason"] == reason
-    # the grey-thumbnail default: fixed features under a whitening head (6 training identities), no epochs
+    # the grey-thumbnail default: fixed features beside patch features, each under a whitening head
+    # (6 training identities), no epochs
     recipe = bundle.meta["recipe"]
-    assert (recipe["tower"], recipe["hyperparameters"]["head"], recipe["epochs"]) == ("pixel-gradients", "whiten", 0)
-    assert f"the head fitted by whitening, shrinkage {recipe['head_shrinkage']:g}, no epochs" in printed
-    assert recipe["head_shrinkage"] in WHITENING_SHRINKAGES
+    assert (recipe["tower"], recipe["hyperparameters"]["head"], recipe["epochs"]) == (
+        "pixel-gradients+patches", "whiten", 0)
+    shrinkages = recipe["head_shrinkage"]
+    assert (f"the head fitted by whitening, shrinkage embedding {shrinkages['embedding']:g}, "
+            f"patch_embedding {shrinkages['patch_embedding']:g}, no epochs") in printed
+    assert set(shrinkages.values()) <= set(WHITENING_SHRINKAGES)
+    from verifier.core import fastpath
+    from verifier.core.scorer import Scorer
+
+    scorer = Scorer.from_bundle(out, backend="tflite", write_export=False)  # patch codes served through TFLite
+    assert scorer.embedder.name.startswith("tflite") and scorer.agreement <= fastpath.TOLERANCE

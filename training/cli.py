@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from imagesets import load_dataset
 from training.augment import LEVELS
 from training.bundles import default_split, paired_identities, train_bundle
-from training.heads import FITTED_HEADS, HEADS, LDA_MIN_IDENTITIES
+from training.heads import FITTED_HEADS, HEAD_LAYER, HEADS, LDA_MIN_IDENTITIES
 from training.splits import parse_holdout
 from training.towers import PRETRAINED, TOWERS, default_tower
 from training.trainer import (DEFAULT_DROPOUT, DEFAULT_MINING, FINE_TUNE, FINE_TUNE_MIN_IDENTITIES, LOSSES,
@@ -195,8 +195,11 @@ def _wrote(trained):
     how = f", refit on {len(recipe['refit']['identities'])} identities" if recipe["refit"] else ""
     head = recipe["hyperparameters"]["head"]
     if not recipe["epochs"] and head in FITTED_HEADS:
+        fitted = recipe["head_shrinkage"]  # {head layer: shrinkage}; two heads beside patch features
+        shrinkages = (", ".join(f"{name} {value:g}" for name, value in fitted.items()) if len(fitted) > 1
+                      else f"{fitted[HEAD_LAYER]:g}")
         return (f"wrote bundle {trained.bundle_id} to {trained.path} (the head fitted by "
-                f"{'LDA' if head == 'lda' else 'whitening'}, shrinkage {recipe['head_shrinkage']:g}, no epochs: "
+                f"{'LDA' if head == 'lda' else 'whitening'}, shrinkage {shrinkages}, no epochs: "
                 f"validation EER {best}{how}, "
                 f"{trained.fitted.seconds:.0f} s)")
     if not recipe["epochs"]:

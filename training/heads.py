@@ -17,6 +17,7 @@ of WHITENING_SHRINKAGES that verifies best when each training identity in turn i
 (`chosen_shrinkage`; 1.0 is no whitening at all, the principal directions alone).
 
     fit_head(tower, images, labels, "lda")   sets tower's `embedding` Dense layer in place
+                                             (and `patch_embedding`, where there is one)
 """
 
 import keras
@@ -28,6 +29,7 @@ from calibration.metrics import eer
 HEADS = ("learnt", "lda", "whiten")
 FITTED_HEADS = ("lda", "whiten")  # fitted in closed form: no epochs
 HEAD_LAYER = "embedding"
+PATCH_HEAD_LAYER = "patch_embedding"  # the second head of a tower beside patch features (training.towers)
 FITTED_EMBEDDING = 128  # a fitted head's default size: the principal directions whitening keeps
 SHRINKAGE = 0.4  # LDA: 0.2-0.6 were within 0.2 points of each other on grocery's folds
 WHITENING_SHRINKAGES = (0.2, 0.4, 0.6, 0.8, 1.0)
@@ -157,9 +159,14 @@ def chosen_shrinkage(features, labels, units, grid=WHITENING_SHRINKAGES, seed=0)
 
 def fit_head(tower, images, labels, head, batch_size=64):
     """Set the tower's head to `head`'s projection (FITTED_HEADS) of its features on
-    preprocessed `images` (inference mode); the shrinkage it used."""
-    layer = head_layer(tower)
-    features = keras.Model(tower.input, layer.input).predict(images, batch_size=batch_size, verbose=0)
-    shrinkage = chosen_shrinkage(features, labels, layer.units)[0] if head == "whiten" else SHRINKAGE
-    layer.set_weights(list(PROJECTIONS[head](features, labels, layer.units, shrinkage)))
-    return shrinkage
+    preprocessed `images` (inference mode); {head layer: the shrinkage it used}. A tower beside
+    patch features has a second head (PATCH_HEAD_LAYER), fitted the same way on its own features."""
+    layers = [head_layer(tower)] + [layer for layer in tower.layers if layer.name == PATCH_HEAD_LAYER]
+    features = keras.Model(tower.input, [layer.input for layer in layers]).predict(
+        images, batch_size=batch_size, verbose=0)
+    shrinkages = {}
+    for layer, read in zip(layers, features if len(layers) > 1 else [features], strict=True):
+        shrinkage = chosen_shrinkage(read, labels, layer.units)[0] if head == "whiten" else SHRINKAGE
+        layer.set_weights(list(PROJECTIONS[head](read, labels, layer.units, shrinkage)))
+        shrinkages[layer.name] = shrinkage
+    return shrinkages

@@ -21,9 +21,10 @@ from calibration.pairs import pair_comparisons
 from training import losses, miners, reducers
 from training.augment import augmentation_for
 from training.heads import FITTED_EMBEDDING, FITTED_HEADS, HEADS, HeadError, fit_head, fitted_head
+from training.patch_codes import PatchCodesError, fit_patch_codes
 from training.pipeline import training_batches
 from training.samplers import PairSampler, PKSampler
-from training.towers import PRETRAINED, build_tower, with_flip_average
+from training.towers import PATCH_FUSIONS, PRETRAINED, build_tower, with_flip_average
 from verifier.core.embedder import Embedder
 from verifier.core.errors import VerifierError
 from verifier.core.files import replace_with, write_json_atomic
@@ -55,6 +56,10 @@ TOWER_DEFAULTS = {
     "sface": dict(flip_tta=False),
     "face-fusion": dict(flip_tta=False),
 }
+# a tower beside patch features (training.towers.with_patch_codes) keeps the tower's defaults, with a
+# fitted head of FITTED_EMBEDDING dimensions on each side
+TOWER_DEFAULTS.update({fused: {**TOWER_DEFAULTS[tower], "embedding_size": 2 * FITTED_EMBEDDING}
+                       for fused, tower in PATCH_FUSIONS.items()})
 PRETRAINED_EPOCHS = 0  # fine-tuning epochs for a pretrained tower (0: as it is; see bench/accuracy.py)
 # Fine-tuning the face ResNet pays with many training people and costs with few (bench/accuracy.py,
 # README): lfw-dev folds 1-3, about 600 training people: 3.34% mean EER fine-tuned against 4.34%
@@ -153,7 +158,7 @@ class TrainConfig:
             self.epochs = PRETRAINED_EPOCHS if self.tower in PRETRAINED else own.get("epochs", DEFAULT_EPOCHS[self.loss])
         if self.embedding_size is None:  # a fitted head's size does not depend on a loss it never meets
             own_size = FITTED_EMBEDDING if self.head in FITTED_HEADS else DEFAULT_EMBEDDING[self.loss]
-            self.embedding_size = PRETRAINED.get(self.tower, own_size)
+            self.embedding_size = PRETRAINED.get(self.tower, own.get("embedding_size", own_size))
         if self.learning_rate is None:
             self.learning_rate = 1e-4 if self.tower in PRETRAINED else own.get("learning_rate", 2e-3)
 
@@ -171,7 +176,7 @@ class TrainResult:
     steps: int
     training_seconds: float
     history: list = field(default_factory=list)
-    head_shrinkage: float | None = None  # a fitted head's covariance shrinkage (training.heads)
+    head_shrinkage: dict | None = None  # {head layer: its covariance shrinkage} of fitted heads (training.heads)
 
 
 def make_proxies(config, n_classes):
@@ -398,11 +403,12 @@ def train(config, train_images, train_labels, profile, *, val_images=None, val_l
     miner, loss = build_miner(config), build_loss(config, extra)
     tower, model = build_model(config, profile)
     head_start, head_shrinkage = time.perf_counter(), None
-    if config.head in FITTED_HEADS:
-        try:
+    try:
+        fit_patch_codes(tower, train_images, config.seed)  # unsupervised features, fitted before any head
+        if config.head in FITTED_HEADS:
             head_shrinkage = fit_head(tower, train_images, train_labels, config.head)
-        except HeadError as exc:
-            raise TrainingError(str(exc)) from None
+    except (HeadError, PatchCodesError) as exc:
+        raise TrainingError(str(exc)) from None
     head_seconds = time.perf_counter() - head_start  # the fit counts as training time
     optimizer = make_optimizer(config)
     augmentation = augmentation_for(profile, config.augment)
