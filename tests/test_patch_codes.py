@@ -79,10 +79,15 @@ def test_the_fit_sets_the_whitening_and_centroids_of_the_sampled_patches_the_sam
     fit_patch_codes(again, images, seed=3)
     for a, b in zip(layer.get_weights(), patch_layers(again)[0].get_weights()):
         np.testing.assert_array_equal(a, b)
-    # 40 images hold 40 x 24 x 24 = 23,040 distinct patches, fewer than SAMPLED_PATCHES: all are used once
-    assert 40 * 24 * 24 < SAMPLED_PATCHES
-    with pytest.raises(PatchCodesError, match="training images"):
+    # 40 images hold 40 x 24 x 24 = 23,040 distinct patches, fewer than SAMPLED_PATCHES: each is used once
+    every = np.asarray(layer.normalized_patches(images)).reshape(-1, 25)
+    assert len(every) < SAMPLED_PATCHES
+    np.testing.assert_allclose(mean, every.mean(axis=0), atol=1e-5)
+    with pytest.raises(PatchCodesError, match="training images to fit on"):
         fit_patch_codes(tower, images[:0])
+    small = build_tower("pixel-gradients+patches", (10, 10, 1), 32, 0.0)  # 36 patches an image
+    with pytest.raises(PatchCodesError, match="hold 72 patches, fewer than the 512 centroids"):
+        fit_patch_codes(small, images[:2, :10, :10])
 
 
 def test_a_tower_beside_patch_features_fits_both_heads_and_its_cosine_is_the_mean_of_theirs():

@@ -162,10 +162,11 @@ def fit_head(tower, images, labels, head, batch_size=64):
     preprocessed `images` (inference mode); {head layer: the shrinkage it used}. A tower beside
     patch features has a second head (PATCH_HEAD_LAYER), fitted the same way on its own features."""
     layers = [head_layer(tower)] + [layer for layer in tower.layers if layer.name == PATCH_HEAD_LAYER]
-    features = keras.Model(tower.input, [layer.input for layer in layers]).predict(
+    features = keras.Model(tower.input, {layer.name: layer.input for layer in layers}).predict(
         images, batch_size=batch_size, verbose=0)
     shrinkages = {}
-    for layer, read in zip(layers, features if len(layers) > 1 else [features], strict=True):
+    for layer in layers:
+        read = features[layer.name]
         shrinkage = chosen_shrinkage(read, labels, layer.units)[0] if head == "whiten" else SHRINKAGE
         layer.set_weights(list(PROJECTIONS[head](read, labels, layer.units, shrinkage)))
         shrinkages[layer.name] = shrinkage

@@ -9,6 +9,8 @@ on the codes afterwards (training.heads) is what learns how the training identit
 import numpy as np
 from sklearn.cluster import MiniBatchKMeans
 
+from verifier.core.layers import custom_objects
+
 SAMPLED_PATCHES = 100_000  # Coates & Ng's count; fewer left grey thumbnails' centroids noisier
 ZCA_EPSILON = 0.1  # added to the whitened variances: the patches' faint directions stay faint
 BATCH = 256
@@ -20,7 +22,7 @@ class PatchCodesError(ValueError):
 
 def patch_layers(tower):
     """The tower's PatchCodes layers (none for most towers)."""
-    return [layer for layer in tower.layers if type(layer).__name__ == "PatchCodes"]
+    return [layer for layer in tower.layers if isinstance(layer, custom_objects()["verifier>PatchCodes"])]
 
 
 def sampled_patches(layer, images, count, rng):
@@ -57,7 +59,8 @@ def fit_patch_codes(tower, images, seed=0):
     for layer in layers:
         patches = sampled_patches(layer, np.asarray(images), SAMPLED_PATCHES, rng)
         if len(patches) < layer.centroids:
-            raise PatchCodesError(f"{len(patches)} patches cannot fit {layer.centroids} centroids")
+            raise PatchCodesError(f"the training images hold {len(patches)} patches, fewer than the "
+                                  f"{layer.centroids} centroids to fit: more or larger images, or another tower")
         mean, whitening = zca(patches)
         kmeans = MiniBatchKMeans(layer.centroids, batch_size=4096, n_init=3, random_state=seed)
         kmeans.fit((patches - mean) @ whitening)

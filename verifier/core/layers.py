@@ -51,7 +51,7 @@ def custom_objects():
         """
 
         def __init__(self, patch_size, centroids, grid, epsilon=0.01, **kwargs):
-            super().__init__(trainable=False, **{k: v for k, v in kwargs.items() if k != "trainable"})
+            super().__init__(**{**kwargs, "trainable": False})  # fitted in closed form, never by gradients
             self.patch_size, self.centroids, self.grid, self.epsilon = patch_size, centroids, grid, epsilon
 
         def build(self, input_shape):
