@@ -12,7 +12,7 @@ from tests.test_imagenet_mobilenet import _weights_like
 from training import imagenet_mobilenet as im
 from training.cli import main
 from training.heads import (LDA_MIN_IDENTITIES, SHRINKAGE, HeadError, chosen_shrinkage, fit_head, fitted_head,
-                            head_layer, lda_projection, whitening_projection)
+                            head_layer, lda_projection, principal_directions, whitening_projection)
 from training.towers import build_tower, default_tower
 from training.trainer import ConfigError, TrainConfig, TrainingError, default_head, train
 from verifier.core.bundle import load_bundle
@@ -87,6 +87,16 @@ def test_whitening_keeps_no_direction_the_training_images_do_not_span():
                                      labels, units=32)
     metric, nudged_metric = kernel @ kernel.T, nudged @ nudged.T  # what distances see, whatever the axes
     np.testing.assert_allclose(nudged_metric, metric, atol=1e-3 * np.abs(metric).max())  # no noise blown up
+
+
+@pytest.mark.parametrize("images, dimensions", [(30, 200), (200, 30)])
+def test_principal_directions_span_what_an_svd_finds_whichever_side_is_smaller(images, dimensions):
+    centred = np.random.default_rng(3).normal(size=(images, dimensions)) * np.linspace(5, 1, dimensions)
+    centred -= centred.mean(axis=0)
+    basis = principal_directions(centred, 10)
+    _, _, rows = np.linalg.svd(centred, full_matrices=False)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(10), atol=1e-9)
+    np.testing.assert_allclose(basis @ basis.T, rows[:10].T @ rows[:10], atol=1e-9)  # the same subspace
 
 
 def test_whitening_needs_two_identities_whose_images_vary():
