@@ -153,7 +153,8 @@ def test_a_fitted_whitening_head_uses_the_shrinkage_chosen_on_the_towers_feature
 def test_the_closed_form_head_is_lda_from_enough_identities_and_whitening_below():
     assert [fitted_head(n) for n in (2, LDA_MIN_IDENTITIES - 1, LDA_MIN_IDENTITIES)] == ["whiten", "whiten", "lda"]
     assert default_head("imagenet-mobilenetv2", 3) == "whiten" and default_head("small", 30) is None
-    assert default_tower("small-colour") == "imagenet-mobilenetv2" and default_tower("small-grey") == "pixel-gradients+patches"
+    assert default_tower("small-colour") == "imagenet-mobilenetv2+patches"
+    assert default_tower("small-grey") == "pixel-gradients+patches"
     assert [default_head("pixel-gradients", n) for n in (7, LDA_MIN_IDENTITIES)] == ["whiten", "lda"]
     assert TrainConfig(tower="pixel-gradients").epochs == 0
     # the loss never meets a fitted head: its size is the same for every loss
@@ -297,7 +298,7 @@ def test_thumbnails_with_few_images_get_a_whitening_head_that_serves_through_tfl
     assert "8 training identities with 2+ images: fewer than 10 for an LDA head: a whitening head" in printed
     assert "left out" not in printed
     recipe = load_bundle(out).meta["recipe"]
-    assert (recipe["hyperparameters"]["head"], recipe["hyperparameters"]["embedding_size"]) == ("whiten", 128)
+    assert (recipe["hyperparameters"]["head"], recipe["hyperparameters"]["embedding_size"]) == ("whiten", 256)
     assert len(recipe["refit"]["identities"]) == 10
     scorer = Scorer.from_bundle(out, backend="tflite", write_export=False)
     assert scorer.embedder.name.startswith("tflite") and scorer.agreement <= fastpath.TOLERANCE

@@ -125,7 +125,7 @@ def test_patch_features_are_for_thumbnails_and_an_even_embedding():
     with pytest.raises(ValueError, match="odd"):
         build_tower("pixel-gradients+patches", (28, 28, 1), 33, 0.0)
     assert default_tower("small-grey") == "pixel-gradients+patches"
-    assert default_tower("small-colour") == "imagenet-mobilenetv2"  # beside patches: measured in scratch only
+    assert default_tower("small-colour") == "imagenet-mobilenetv2+patches"
     config = TrainConfig(tower="pixel-gradients+patches")
     assert (config.head, config.epochs, config.embedding_size, config.dropout) == ("lda", 0, 256, 0.0)
 

@@ -58,9 +58,9 @@ def build_parser():
     model.add_argument("--soft-margin", action="store_true", help="triplet: softplus instead of a hinge")
     model.add_argument("--tower", choices=TOWERS, default=None,
                        help="default: face-fusion (pretrained) for the face profiles, gradients for signatures, "
-                            "imagenet-mobilenetv2 (pretrained, frozen, a fitted head) for product, product-grey "
-                            "and small-colour, pixel-gradients (fixed features, a fitted head) for small-grey, "
-                            "small otherwise")
+                            "imagenet-mobilenetv2 (pretrained, frozen, a fitted head) for product and product-grey, "
+                            "the same beside k-means patch codes for small-colour, pixel-gradients beside them "
+                            "(fixed features, fitted heads) for small-grey, small otherwise")
     model.add_argument("--head", choices=HEADS, default=None,
                        help="the projection head: learnt with the loss, or fitted in closed form from the "
                             f"tower's features by shrinkage LDA (needs {LDA_MIN_IDENTITIES}+ training identities) "

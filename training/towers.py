@@ -43,7 +43,7 @@ PRETRAINED = {"face-resnet": 128, "sface": 128, "face-fusion": 256}  # pretraine
 # and for signatures a fixed oriented-gradient front end with a learnt head (README, Signatures)
 DEFAULT_TOWER = {"face": "face-fusion", "face-chip": "face-fusion", "signature": "gradients",
                  "product": "imagenet-mobilenetv2", "product-grey": "imagenet-mobilenetv2",
-                 "small-colour": "imagenet-mobilenetv2", "small-grey": "pixel-gradients+patches"}
+                 "small-colour": "imagenet-mobilenetv2+patches", "small-grey": "pixel-gradients+patches"}
 # patch features: (patch side, regions a side) by channels, as measured on Fashion-MNIST (grey)
 # and CIFAR-10 (colour) folds (README); 512 centroids; thumbnails only (a code per centroid
 # at every position of a photo would cost more than the rest of the tower)
