@@ -111,19 +111,23 @@ def wait_until(port, path, process, log_path, timeout=180):
     sys.exit(f"server on port {port} not ready after {timeout}s; log:\n{Path(log_path).read_text()[-3000:]}")
 
 
-def cpu_seconds(pids):
-    """User + system CPU time used so far by these processes."""
+def cpu_seconds(master):
+    """User + system CPU time used so far by a server process and all its workers, live or gone.
+
+    A worker that gunicorn replaced (after max_requests) and reaped has its time counted in its
+    master's cutime/cstime, so a replacement during a run neither loses nor double-counts it.
+    """
     ticks = 0
-    for pid in pids:
+    for pid, own_only in [(master, False)] + [(pid, True) for pid in children(master)]:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
         except OSError:
             continue
+        ticks += sum(int(v) for v in fields[11:13 if own_only else 15])
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def load(port, body, headers, total, clients, server_pids=()):
+def load(port, body, headers, total, clients, server=None):
     """`total` requests split over `clients` threads, each on its own keep-alive connection.
 
     Besides latency and throughput, reports the CPU milliseconds per verification spent by the
@@ -150,14 +154,15 @@ def load(port, body, headers, total, clients, server_pids=()):
 
     threads = [threading.Thread(target=client, args=(total // clients + (i < total % clients),))
                for i in range(clients)]
-    server_cpu, client_cpu = cpu_seconds(server_pids), time.process_time()
+    server_cpu, client_cpu = cpu_seconds(server) if server else 0.0, time.process_time()
     start_time = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - start_time
-    server_cpu, client_cpu = cpu_seconds(server_pids) - server_cpu, time.process_time() - client_cpu
+    server_cpu = (cpu_seconds(server) if server else 0.0) - server_cpu
+    client_cpu = time.process_time() - client_cpu
     ms = np.asarray(latencies) * 1000.0
     return {"clients": clients, "requests": total, "errors": len(errors),
             "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
@@ -216,9 +221,9 @@ def measure(servers, body, headers, levels, results):
     """Load each server at each concurrency level; one printed row and one results row each."""
     print(f"{'server':8} {'clients':>7} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'verif/s':>8} "
           f"{'errors':>6} {'server CPU ms/verif':>19} {'client CPU ms/verif':>19}")
-    for name, target, total, pids in servers:
+    for name, target, total, server in servers:
         for clients in levels:
-            row = load(target, body, headers, total, clients, pids)
+            row = load(target, body, headers, total, clients, server)
             results[name].append(row)
             print(f"{name:8} {clients:>7} {total:>8} {row['p50_ms']:>8} {row['p99_ms']:>8} "
                   f"{row['verifications_per_s']:>8} {row['errors']:>6} "
@@ -281,10 +286,9 @@ def benchmark(args, meta, profile, images, service, port, naive, naive_port):
     print(f"bundle {meta['bundle_id']} ({meta['profile']['name']}), {args.workers} workers x {args.threads} "
           f"threads, {machine.summary(results['machine'])}, client on the same machine, load average "
           f"{results['load_average_before'][0]} before (other work competes for the CPUs)")
-    workers = children(service.pid)
-    measure((("service", port, args.requests, workers), ("naive", naive_port, args.naive_requests, [naive.pid])),
+    measure((("service", port, args.requests, service.pid), ("naive", naive_port, args.naive_requests, naive.pid)),
             body, headers, levels, results)
-    results["worker_rss_mb"] = [rss_mb(pid) for pid in workers]
+    results["worker_rss_mb"] = [rss for rss in map(rss_mb, children(service.pid)) if rss is not None]
     results["naive_rss_mb"] = rss_mb(naive.pid)
     one = judge(results, levels, profile)
     if profile.detector and dlib_face.available():

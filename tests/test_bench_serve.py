@@ -1,0 +1,41 @@
+"""bench/serve.py's CPU accounting: a server's workers count whether still running or replaced."""
+
+import subprocess
+import sys
+import time
+
+from bench.serve import children, cpu_seconds
+
+BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n"
+
+# a master that runs one worker to its end (replaced, as gunicorn's max_requests does) while a
+# second keeps running, then waits to be measured
+MASTER = f"""
+import subprocess, sys, time
+subprocess.run([sys.executable, "-c", {BURN.format(seconds=0.4)!r}], check=True)
+live = subprocess.Popen([sys.executable, "-c", {BURN.format(seconds=0.3)!r} + "time.sleep(60)"])
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_cpu_seconds_counts_a_reaped_worker_and_a_live_one():
+    master = subprocess.Popen([sys.executable, "-c", MASTER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert master.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 20
+        while cpu_seconds(master.pid) < 0.7 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(children(master.pid)) == 1  # the first worker is gone: only its time remains
+        assert 0.7 <= cpu_seconds(master.pid) < 5.0
+    finally:
+        for pid in children(master.pid):
+            subprocess.run(["kill", str(pid)], check=False)
+        master.kill()
+        master.wait()
+
+
+def test_cpu_seconds_of_a_process_that_is_gone_is_zero():
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    assert cpu_seconds(process.pid) == 0.0
