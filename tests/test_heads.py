@@ -99,6 +99,16 @@ def test_principal_directions_span_what_an_svd_finds_whichever_side_is_smaller(i
     np.testing.assert_allclose(basis @ basis.T, rows[:10].T @ rows[:10], atol=1e-9)  # the same subspace
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_principal_directions_from_the_gram_matrix_stop_at_what_the_images_span(dtype):
+    images = (np.random.default_rng(0).normal(size=(20, 40)) + 10).astype(dtype)
+    centred = images - images.mean(axis=0)  # 20 centred images span 19 directions (float32: nearly)
+    basis = principal_directions(centred, 32)
+    assert basis.shape == (40, 19)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(19), atol=1e-6)
+    np.testing.assert_allclose(centred @ basis @ basis.T, centred, atol=1e-5)  # nothing of the images lost
+
+
 def test_whitening_needs_two_identities_whose_images_vary():
     features, labels = _clustered(identities=2)
     with pytest.raises(HeadError, match="at least 2 training identities with 2\+ images"):

@@ -82,7 +82,10 @@ def lda_projection(features, labels, units, shrinkage=SHRINKAGE):
 def principal_directions(centred, count):
     """(d, k) orthonormal columns: the first `count` principal directions of the centred rows,
     at most as many as they span. From the smaller of their Gram and covariance matrices: with
-    fewer images than feature dimensions (patch features) this is many times faster than an SVD."""
+    fewer images than feature dimensions (patch features) this is many times faster than an SVD.
+    In float64 whatever comes in: the Gram matrix squares the singular values, and float32 would
+    keep rounding noise as directions."""
+    centred = np.asarray(centred, np.float64)
     gram = len(centred) < centred.shape[1]
     variances, vectors = np.linalg.eigh(centred @ centred.T if gram else centred.T @ centred)
     variances, vectors = variances[::-1], vectors[:, ::-1]
