@@ -5,7 +5,10 @@
 Starts, on loopback and in this run, `python -m verifier serve` and bench/naive_server.py
 on the same bundle; sends a bounded number of POST /v1/verify requests (two images each)
 at 1, 2 and 4 concurrent keep-alive clients; prints p50/p99 latency and verifications/s
-for both, the speed-up, and the RSS of every gunicorn worker; ends with one JSON line.
+for both, the speed-up, and the RSS of the gunicorn workers; ends with one JSON line. The
+service runs with VERIFIER_MAX_REQUESTS=0, so that the steady state is measured: a worker
+replaced mid-run would charge its start-up (TensorFlow-free, but the model loaded and warmed)
+to that level's requests.
 The client runs on the same machine, so it takes part of the CPU the servers could use.
 Both servers are stopped at the end, whatever happens.
 """
@@ -81,7 +84,7 @@ def multipart(images):
 def start(argv, log_path):
     with open(log_path, "w") as log:
         return subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", VERIFIER_MAX_REQUESTS="0"))
 
 
 def stop(process):
@@ -114,11 +117,12 @@ def wait_until(port, path, process, log_path, timeout=180):
 def cpu_seconds(master):
     """User + system CPU time used so far by a server process and all its workers, live or gone.
 
-    A worker that gunicorn replaced (after max_requests) and reaped has its time counted in its
-    master's cutime/cstime, so a replacement during a run neither loses nor double-counts it.
+    A worker that gunicorn replaced and reaped has its time counted in its master's
+    cutime/cstime, so its time is not lost (only a worker reaped between the reads of its stat
+    and of the master's would count twice).
     """
     ticks = 0
-    for pid, own_only in [(master, False)] + [(pid, True) for pid in children(master)]:
+    for pid, own_only in [(pid, True) for pid in children(master)] + [(master, False)]:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
