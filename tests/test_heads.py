@@ -117,6 +117,8 @@ def test_whitening_needs_two_identities_whose_images_vary():
         whitening_projection(features[:3], np.array([0, 0, 1]), units=8)
     with pytest.raises(HeadError, match="do not vary"):
         whitening_projection(np.repeat(features[:2], 5, axis=0), np.repeat([0, 1], 5), units=8)
+    with pytest.raises(HeadError, match="all the same"):
+        whitening_projection(np.ones((10, 16)), np.repeat([0, 1], 5), units=8)
     tiny, tiny_labels = _nuisance(identities=3)  # the check is scale-free: small features still whiten
     assert np.isfinite(whitening_projection(1e-6 * tiny, tiny_labels, units=8)[0]).all()
 

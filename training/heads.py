@@ -115,6 +115,8 @@ def whitening_projections(features, labels, units, shrinkages):
     mean = features.mean(axis=0)
     centred = features - mean
     basis = principal_directions(centred, units)  # (d, k)
+    if not basis.shape[1]:
+        raise HeadError("the training images' features are all the same: there is nothing to whiten")
     projected = centred @ basis
     sums = np.zeros((len(counts), basis.shape[1]))
     np.add.at(sums, inverse, projected)
